@@ -1,0 +1,42 @@
+"""Speech input: waveform preparation, speech encoders (wav2vec2, log-mel), per-frame windows and the
+audio projector. See ``reference/letstalk_memo.md`` §1.3 and ``reference/components.md`` §3."""
+from .features import (
+    MelConfig,
+    SpeechEncoder,
+    SpeechEncoderConfig,
+    encode_speech_mel,
+    encode_speech_wav2vec2,
+    log_mel,
+    mel_filterbank,
+)
+from .projector import AudioProjector, AudioProjectorConfig
+from .wav2vec2 import (
+    WAV2VEC2_PRESETS,
+    Wav2Vec2Config,
+    Wav2Vec2Encoder,
+    fold_weight_norm,
+    infer_wav2vec2_config,
+    load_wav2vec2,
+    wav2vec2_state_dict,
+)
+from .waveform import (
+    MIN_AUDIO_SECONDS,
+    TARGET_SAMPLE_RATE,
+    as_fraction,
+    frame_count,
+    normalize_waveform,
+    prepare_waveform,
+    resample,
+)
+from .windows import frame_windows, frame_windows_range
+
+__all__ = [
+    "MIN_AUDIO_SECONDS", "TARGET_SAMPLE_RATE", "as_fraction", "frame_count", "normalize_waveform",
+    "prepare_waveform", "resample",
+    "WAV2VEC2_PRESETS", "Wav2Vec2Config", "Wav2Vec2Encoder", "fold_weight_norm", "infer_wav2vec2_config",
+    "load_wav2vec2", "wav2vec2_state_dict",
+    "MelConfig", "SpeechEncoder", "SpeechEncoderConfig", "encode_speech_mel", "encode_speech_wav2vec2", "log_mel",
+    "mel_filterbank",
+    "AudioProjector", "AudioProjectorConfig",
+    "frame_windows", "frame_windows_range",
+]

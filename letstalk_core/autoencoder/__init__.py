@@ -1,0 +1,45 @@
+"""Deep compression autoencoder (DC-AE, arXiv 2410.10733): model, presets, both checkpoint key layouts
+and chunked encode/decode. See ``dc_ae.py`` (network and frame helpers), ``config.py`` (configs and the
+released presets) and ``checkpoint.py`` (loading, conversion, saving)."""
+from .checkpoint import (
+    CONFIG_METADATA_KEY,
+    check_state_dict,
+    convert_original_to_diffusers,
+    detect_layout,
+    load_dcae,
+    save_dcae,
+    unwrap_state_dict,
+)
+from .config import DCAE_PRESETS, DCAEConfig, dcae_config_from_diffusers_json, get_dcae_config
+from .dc_ae import (
+    DCAE,
+    check_images,
+    check_latents,
+    decode_latents,
+    encode_frames,
+    fit_to_multiple,
+    iter_decode,
+    nearest_multiples,
+)
+
+__all__ = [
+    "CONFIG_METADATA_KEY",
+    "DCAE",
+    "DCAEConfig",
+    "DCAE_PRESETS",
+    "check_images",
+    "check_latents",
+    "check_state_dict",
+    "convert_original_to_diffusers",
+    "dcae_config_from_diffusers_json",
+    "decode_latents",
+    "detect_layout",
+    "encode_frames",
+    "fit_to_multiple",
+    "get_dcae_config",
+    "iter_decode",
+    "load_dcae",
+    "nearest_multiples",
+    "save_dcae",
+    "unwrap_state_dict",
+]

@@ -1,0 +1,99 @@
+"""LetsTalk checkpoints: one ``.safetensors`` file whose metadata carries the full config as JSON.
+
+Tensor groups by prefix: ``dit.`` (the transformer with its audio projector, required), ``dcae.`` (the
+autoencoder, optional: bundled demo/test models carry theirs) and ``speech.`` (a wav2vec2 encoder,
+optional). A loader needs no side file, and a file that does not match its config is refused with a
+message naming the tensors and both shapes.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import LetsTalkConfig
+from .validation import require_file
+
+CONFIG_KEY = "letstalk_config"
+FORMAT_KEY = "letstalk_format"
+FORMAT = "letstalk-checkpoint-v1"
+
+
+def check_state_dict(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """Raise ``ValueError`` listing missing, unexpected or mis-shaped tensors (expected vs file)."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [(k, tuple(expected[k].shape), tuple(state[k].shape)) for k in expected
+              if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing tensors (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected tensors (e.g. {', '.join(unexpected[:3])})")
+    if shapes:
+        problems.append("mis-shaped tensors: " + "; ".join(f"{k}: model expects {a}, file has {b}" for k, a, b in shapes[:3]))
+    if problems:
+        raise ValueError(f"{what} does not match its config: " + "; ".join(problems)
+                         + ". The file is damaged or belongs to another model; re-export it or pick the right file.")
+
+
+def save_checkpoint(path, config: LetsTalkConfig, model: nn.Module, *, dcae: nn.Module | None = None,
+                    speech: nn.Module | None = None, extra_metadata: dict[str, str] | None = None) -> Path:
+    """Write model (and optionally the DC-AE and speech encoder) with the config in the metadata."""
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    for prefix, module in (("dit.", model), ("dcae.", dcae), ("speech.", speech)):
+        if module is not None:
+            tensors.update({prefix + k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()})
+    meta = {CONFIG_KEY: config.to_json(), FORMAT_KEY: FORMAT}
+    meta.update(extra_metadata or {})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata=meta)
+    return path
+
+
+def read_checkpoint(path) -> tuple[LetsTalkConfig, dict[str, dict[str, torch.Tensor]], dict[str, str]]:
+    """Read a checkpoint → (config, {"dit": …, "dcae": …, "speech": …} state dicts, metadata)."""
+    from safetensors import SafetensorError, safe_open
+
+    p = require_file(path, "LetsTalk checkpoint")
+    if p.suffix not in {".safetensors", ".sft"}:
+        raise ValueError(f"'{p.name}' is not a .safetensors file; LetsTalk checkpoints are .safetensors files.")
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            meta = f.metadata() or {}
+            groups: dict[str, dict[str, torch.Tensor]] = {"dit": {}, "dcae": {}, "speech": {}}
+            for key in f.keys():
+                prefix, _, rest = key.partition(".")
+                if prefix not in groups:
+                    raise ValueError(f"'{p.name}' holds tensor '{key}' outside the dit./dcae./speech. groups; it is not a LetsTalk checkpoint.")
+                groups[prefix][rest] = f.get_tensor(key)
+    except SafetensorError as e:
+        raise ValueError(f"cannot read '{p}': {e}. The file is incomplete or not a safetensors file.") from e
+    if CONFIG_KEY not in meta:
+        raise ValueError(f"'{p.name}' has no '{CONFIG_KEY}' metadata, so it is not a LetsTalk checkpoint "
+                         "(a DC-AE or speech-encoder file goes to the matching loader instead).")
+    try:
+        config = LetsTalkConfig.from_json(meta[CONFIG_KEY])
+    except (ValueError, TypeError, json.JSONDecodeError) as e:
+        raise ValueError(f"the config stored in '{p.name}' is invalid: {e}") from e
+    if not groups["dit"]:
+        raise ValueError(f"'{p.name}' holds no transformer tensors (dit.*).")
+    return config, groups, meta
+
+
+def load_transformer(config: LetsTalkConfig, state: dict[str, torch.Tensor], *, device="cpu", dtype=torch.float32):
+    """Build the transformer for ``config`` and load ``state`` after checking every tensor."""
+    from .dit.transformer import LetsTalkTransformer
+
+    with torch.device("meta"):
+        model = LetsTalkTransformer(config)
+    check_state_dict(model, state, "the transformer in this checkpoint")
+    model = model.to_empty(device="cpu")
+    model.load_state_dict(state, strict=True)
+    return model.to(device=device, dtype=dtype).eval()

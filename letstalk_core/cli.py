@@ -1,0 +1,183 @@
+"""The ``letstalk`` command.
+
+    letstalk generate --checkpoint model.safetensors --image face.png --audio speech.wav --out video.mp4
+    letstalk info model.safetensors
+    letstalk init --preset tiny --out random-tiny.safetensors     (an UNTRAINED model, for trying the pipeline)
+    letstalk params                                               (parameter counts of the presets)
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="make a talking video from a portrait and a speech track")
+    p.add_argument("--checkpoint", required=True, help="LetsTalk checkpoint (.safetensors)")
+    p.add_argument("--image", required=True, help="portrait image (png, jpg, webp, ...)")
+    p.add_argument("--audio", required=True, help="speech audio, or a video with sound (wav, mp3, flac, m4a, mp4, ...)")
+    p.add_argument("--out", required=True, help="output .mp4")
+    p.add_argument("--dcae", help="DC-AE weights, when the checkpoint does not bundle them")
+    p.add_argument("--speech-encoder", help="wav2vec2 weights, when the model uses wav2vec2 and does not bundle them")
+    p.add_argument("--sampler", default="ddim", help="ddim, ddpm (for DDPM models) or euler (for flow models)")
+    p.add_argument("--steps", type=int, default=25, help="sampling steps per clip")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--audio-scale", type=float, default=1.0, help="audio guidance scale (1 = off)")
+    p.add_argument("--portrait-scale", type=float, default=1.0, help="portrait guidance scale (1 = off)")
+    p.add_argument("--no-memory", action="store_true", help="generate every clip from the portrait only (ablation)")
+    p.add_argument("--size-mode", default="model", choices=["model", "keep"],
+                   help="model: crop+resize the portrait to the model's size; keep: use the image's size")
+    p.add_argument("--resume-dir", help="keep finished clips here; running again with the same inputs resumes")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16")
+    p.add_argument("--crf", type=int, default=18, help="video quality (lower = better)")
+
+
+def cmd_generate(a) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from .diffusion.guidance import GuidanceScales
+    from .io.audio_file import load_audio
+    from .io.image import load_image
+    from .io.video import VideoWriter
+    from .loading import load_generator
+    from .pipeline import GenerationSettings
+    from .resume import ClipStore
+    from .validation import require_file
+
+    require_file(a.checkpoint, "checkpoint")
+    image = load_image(a.image)
+    waveform, rate = load_audio(a.audio)
+    settings = GenerationSettings(sampler=a.sampler, steps=a.steps, seed=a.seed,
+                                  guidance=GuidanceScales(portrait=a.portrait_scale, audio=a.audio_scale),
+                                  use_memory=not a.no_memory)
+    gen = load_generator(a.checkpoint, dcae_path=a.dcae, speech_encoder_path=a.speech_encoder, device=a.device, dtype=a.dtype)
+    t0 = time.perf_counter()
+    prepared = gen.prepare(image, waveform, rate, size_mode=a.size_mode)
+    store = ClipStore(a.resume_dir) if a.resume_dir else None
+    fp = gen.fingerprint(prepared, settings)
+    state = store.load_state(fp) if store else None
+    done = state.next_clip if state else 0
+    n_clips, steps = len(prepared.plan), settings.steps
+    print(f"letstalk: {prepared.audio_seconds:.2f} s of audio -> {prepared.num_frames} frames at {gen.config.video.fps:g} fps, "
+          f"{n_clips} clips of {gen.config.video.clip_frames}, {steps} {settings.sampler} steps, device {gen.device}"
+          + (f"; resuming after clip {done}" if done else ""), file=sys.stderr)
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=n_clips * steps, initial=done * steps, unit="step", desc="clips", dynamic_ncols=True)
+
+    def on_step(info) -> None:
+        bar.set_description(f"clip {info.clip + 1}/{info.clips} (memory {info.memory_frames} frames)")
+        bar.update(1)
+
+    with VideoWriter(out, gen.config.video.fps, audio=waveform, audio_rate=rate, crf=a.crf,
+                     metadata={"comment": f"LetsTalk {Path(a.checkpoint).name} seed={a.seed}"}) as writer:
+        if store:
+            for frames in store.stored_clips(done):
+                writer.write(frames)
+        for clip, latents, new_state in gen.iter_clips(prepared, settings, state=state, on_step=on_step):
+            frames = torch.cat(list(gen.decode_clip(latents, clip, settings.decode_chunk)))
+            writer.write(frames)
+            if store:
+                store.save_clip(clip.index, frames)
+                store.save_state(new_state)
+    bar.close()
+    dt = time.perf_counter() - t0
+    print(f"letstalk: wrote {out} ({prepared.num_frames} frames, {prepared.audio_seconds:.2f} s with sound) "
+          f"in {dt:.1f} s ({dt / prepared.num_frames:.3f} s/frame)", file=sys.stderr)
+    print(out.resolve())
+    return 0
+
+
+def cmd_info(a) -> int:
+    from .checkpoint import read_checkpoint
+    from .dit.transformer import count_parameters
+    from .loading import load_transformer
+
+    config, groups, meta = read_checkpoint(a.checkpoint)
+    model = load_transformer(config, groups["dit"])
+    print(f"checkpoint: {a.checkpoint}")
+    print(f"transformer: depth {config.dit.depth}, width {config.dit.hidden_size}, portrait fusion {config.dit.portrait_fusion}, "
+          f"audio fusion {config.dit.audio_fusion}; {count_parameters(model) / 1e6:.2f} M parameters")
+    print(f"video: {config.video.width}x{config.video.height} at {config.video.fps:g} fps, clips of {config.video.clip_frames}, "
+          f"memory {config.memory.frames} frames; diffusion {config.diffusion.objective}; speech encoder {config.speech_encoder.kind}")
+    print(f"bundled: DC-AE {'yes' if groups['dcae'] else 'no'}, speech encoder {'yes' if groups['speech'] else 'no'}")
+    for k, v in meta.items():
+        if k not in ("letstalk_config",):
+            print(f"{k}: {v}")
+    return 0
+
+
+def cmd_init(a) -> int:
+    import torch
+
+    from .autoencoder.dc_ae import DCAE
+    from .checkpoint import save_checkpoint
+    from .config import get_preset
+    from .dit.transformer import LetsTalkTransformer
+
+    config = get_preset(a.preset)
+    torch.manual_seed(a.seed)
+    model = LetsTalkTransformer(config)
+    if a.perturb:
+        with torch.no_grad():  # zero-initialised layers would make an untrained model output constant noise
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * a.perturb)
+    dcae = DCAE(config.dcae) if a.preset == "tiny" else None
+    save_checkpoint(a.out, config, model, dcae=dcae, extra_metadata={"note": "UNTRAINED random weights", "seed": str(a.seed)})
+    print(Path(a.out).resolve())
+    return 0
+
+
+def cmd_params(a) -> int:
+    import torch
+
+    from .config import DIT_PRESETS, PAPER_PARAMETERS, get_preset
+    from .dit.transformer import LetsTalkTransformer, count_parameters
+
+    print(f"{'preset':<12} {'backbone':>10} {'+audio proj':>12} {'paper':>8}")
+    for name in DIT_PRESETS:
+        with torch.device("meta"):
+            model = LetsTalkTransformer(get_preset(name))
+        total = count_parameters(model)
+        proj = count_parameters(model.audio_projector)
+        print(f"{name:<12} {(total - proj) / 1e6:>9.1f}M {total / 1e6:>11.1f}M {PAPER_PARAMETERS.get(name, '-'):>8}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="letstalk", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_generate(sub)
+    p = sub.add_parser("info", help="describe a checkpoint")
+    p.add_argument("checkpoint")
+    p = sub.add_parser("init", help="write an UNTRAINED model of a preset (to try the pipeline)")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--perturb", type=float, default=0.02, help="std of noise added to all weights (0 = DiT init)")
+    sub.add_parser("params", help="parameter counts of the presets")
+    return parser
+
+
+COMMANDS = {"generate": cmd_generate, "info": cmd_info, "init": cmd_init, "params": cmd_params}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, TypeError, FileNotFoundError, IsADirectoryError) as e:
+        print(f"letstalk {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("letstalk: interrupted" + (" (finished clips are kept in --resume-dir)" if getattr(args, "resume_dir", None) else ""),
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

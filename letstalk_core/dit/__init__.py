@@ -1,0 +1,1 @@
+"""The linear diffusion transformer: attention kernels, modules, fusion schemes, blocks, model."""

@@ -1,0 +1,24 @@
+"""File input/output through PyAV and Pillow: audio, still images and streaming video.
+
+* :func:`load_audio` / :func:`save_wav`: any audio or video file -> float ``[C, T]`` + rate; PCM WAV out.
+* :func:`load_image`, :func:`image_to_tensor`, :func:`tensor_to_uint8`: pictures <-> ``[3, H, W]`` in [-1, 1].
+* :class:`VideoWriter`: streaming MP4 sink (H.264 + AAC); :func:`probe_video`, :func:`read_video_frames`.
+"""
+from .audio_file import load_audio, save_wav
+from .image import image_to_tensor, load_image, tensor_to_uint8
+from .video import AUTO_CODECS, VideoInfo, VideoWriter, fps_fraction, pick_video_codec, probe_video, read_video_frames
+
+__all__ = [
+    "AUTO_CODECS",
+    "VideoInfo",
+    "VideoWriter",
+    "fps_fraction",
+    "image_to_tensor",
+    "load_audio",
+    "load_image",
+    "pick_video_codec",
+    "probe_video",
+    "read_video_frames",
+    "save_wav",
+    "tensor_to_uint8",
+]

@@ -1,0 +1,78 @@
+"""Build a ready :class:`~letstalk_core.pipeline.LetsTalkGenerator` from files."""
+from __future__ import annotations
+
+import torch
+
+from .checkpoint import check_state_dict, load_transformer, read_checkpoint
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """``auto`` → CUDA if available, else MPS, else CPU; anything else is validated."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N.") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but this torch has no CUDA; use --device cpu.")
+    return dev
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto`` → bf16 on CUDA, fp32 elsewhere."""
+    table = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+             "fp16": torch.float16, "float16": torch.float16}
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in table:
+        raise ValueError(f"unknown dtype {dtype!r}; use auto, fp32, bf16 or fp16.")
+    return table[dtype]
+
+
+def load_generator(checkpoint, *, dcae_path=None, speech_encoder_path=None, device="auto", dtype="auto"):
+    """Load a generator from a LetsTalk checkpoint. The DC-AE and the wav2vec2 encoder come from the
+    checkpoint when bundled (``dcae.*``/``speech.*``), otherwise from the given files."""
+    from .audio.features import SpeechEncoder
+    from .audio.wav2vec2 import Wav2Vec2Encoder, load_wav2vec2
+    from .autoencoder.checkpoint import load_dcae
+    from .autoencoder.dc_ae import DCAE
+    from .pipeline import LetsTalkGenerator
+
+    dev = pick_device(device)
+    dt = pick_dtype(dtype, dev) if isinstance(dtype, str) else dtype
+    config, groups, _ = read_checkpoint(checkpoint)
+    model = load_transformer(config, groups["dit"], device=dev, dtype=dt)
+
+    if dcae_path is not None:
+        dcae = load_dcae(dcae_path, config.dcae)
+        if dcae.config.latent_channels != config.dcae.latent_channels or dcae.config.spatial_compression != config.dcae.spatial_compression:
+            raise ValueError(f"the DC-AE file gives {dcae.config.latent_channels} channels at {dcae.config.spatial_compression}× "
+                             f"but the model was trained on {config.dcae.latent_channels} at {config.dcae.spatial_compression}×.")
+    elif groups["dcae"]:
+        dcae = DCAE(config.dcae)
+        check_state_dict(dcae, groups["dcae"], "the autoencoder bundled in this checkpoint")
+        dcae.load_state_dict(groups["dcae"])
+    else:
+        raise ValueError("this checkpoint carries no autoencoder; give its DC-AE file "
+                         f"(config: {config.dcae.latent_channels} latent channels, {config.dcae.spatial_compression}×).")
+    dcae = dcae.to(dev, torch.float32 if dev.type == "cpu" else dt).eval()
+
+    wav2vec2 = None
+    if config.speech_encoder.kind == "wav2vec2":
+        if speech_encoder_path is not None:
+            wav2vec2 = load_wav2vec2(speech_encoder_path)
+        elif groups["speech"]:
+            wav2vec2 = Wav2Vec2Encoder(config.speech_encoder.wav2vec2)
+            check_state_dict(wav2vec2, groups["speech"], "the speech encoder bundled in this checkpoint")
+            wav2vec2.load_state_dict(groups["speech"])
+        else:
+            raise ValueError("this model uses a wav2vec2 speech encoder; give its file "
+                             "(e.g. wav2vec2-base-960h model.safetensors) with --speech-encoder.")
+        wav2vec2 = wav2vec2.to(dev).eval()
+    speech = SpeechEncoder(config.speech_encoder, wav2vec2)
+    return LetsTalkGenerator(config, model, dcae, speech, device=dev, dtype=dt)

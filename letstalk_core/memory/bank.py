@@ -1,0 +1,29 @@
+"""The LetsTalk memory bank (letstalk_memo.md §1.7): a FIFO of the last f clean latents.
+
+Clip 0 sees the portrait latent repeated f times; every later clip sees the last f clean latents the
+previous clip generated, with no noise added at inference. The memory enters the transformer only in
+its temporal attention. The state is a small tensor, so a long run can be saved after any clip and
+resumed to an identical result.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def initial_memory(portrait_latent: torch.Tensor, frames: int) -> torch.Tensor:
+    """Portrait latent ``[B, C, h, w]`` repeated → ``[B, C, f, h, w]`` (the memory of clip 0)."""
+    if portrait_latent.ndim != 4:
+        raise ValueError(f"portrait latent must be [B, C, h, w], got shape {tuple(portrait_latent.shape)}.")
+    return portrait_latent[:, :, None].repeat(1, 1, frames, 1, 1)
+
+
+def update_memory(memory: torch.Tensor, clip_latents: torch.Tensor, valid_frames: int | None = None) -> torch.Tensor:
+    """FIFO update: the last f clean latents of ``[memory; clip]`` → ``[B, C, f, h, w]``.
+
+    ``valid_frames`` limits the clip to its first frames (a padded last clip); taking from the
+    concatenation keeps the memory full even for a clip shorter than f."""
+    f = memory.shape[2]
+    if f == 0:
+        return memory
+    clip = clip_latents if valid_frames is None else clip_latents[:, :, :valid_frames]
+    return torch.cat([memory, clip], dim=2)[:, :, -f:].contiguous()

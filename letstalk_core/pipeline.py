@@ -1,0 +1,312 @@
+"""The long-video generator (letstalk_memo.md §1.7 "Long-duration inference", with the fixes of §1.12).
+
+1. **Plan.** ``S`` seconds of audio at ``fps`` give exactly ``ceil(S·fps)`` frames, cut into clips of F
+   frames without overlap; the last clip is padded (with silence) and its extra frames are dropped.
+2. **Condition.** The portrait is encoded once by the DC-AE; the speech features of the whole (padded)
+   track are computed once; each clip takes its frames' ±w windows, clamped at the track's ends.
+3. **Loop with the memory.** Clip 0's memory is the portrait latent repeated f times; each later clip's
+   memory is the last f clean latents of the previous one (FIFO, no noise at inference). Each clip is
+   sampled with multimodal guidance in one batched forward per step.
+4. **Stream.** Each finished clip is decoded in chunks and handed to a sink (a video file, a list), so
+   peak memory does not grow with the audio's length. After each clip a small
+   :class:`GenerationState` can be saved; a run resumed from it gives frames identical to an
+   uninterrupted run (every clip's noise comes from its own seed-derived generator).
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Protocol
+
+import torch
+import torch.nn.functional as F
+
+from .audio.waveform import TARGET_SAMPLE_RATE, frame_count, prepare_waveform
+from .audio.windows import frame_windows
+from .autoencoder.dc_ae import encode_frames, iter_decode
+from .config import LetsTalkConfig
+from .diffusion.guidance import GuidanceScales, guided_model_fn
+from .diffusion.samplers import get_sampler
+from .diffusion.schedule import make_schedule
+from .memory.bank import initial_memory, update_memory
+from .validation import require_finite, require_tensor
+
+MAX_PORTRAIT_SIDE = 8192
+
+
+class FrameSink(Protocol):
+    """Anything that takes decoded frames ``[n, 3, H, W]`` in [-1, 1] (e.g. ``io.video.VideoWriter``)."""
+
+    def write(self, frames: torch.Tensor) -> None: ...
+
+
+class ListSink:
+    """Collects frames in memory (tests, short clips)."""
+
+    def __init__(self) -> None:
+        self.chunks: list[torch.Tensor] = []
+
+    def write(self, frames: torch.Tensor) -> None:
+        self.chunks.append(frames.detach().cpu())
+
+    def frames(self) -> torch.Tensor:
+        return torch.cat(self.chunks) if self.chunks else torch.empty(0)
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How to sample: sampler name and steps, guidance scales per modality, seed, decode chunk size,
+    and whether the memory bank is used (False: every clip sees the portrait as memory, i.e. clips are
+    generated independently — the memory ablation)."""
+
+    sampler: str = "ddim"
+    steps: int = 25
+    seed: int = 0
+    guidance: GuidanceScales = field(default_factory=GuidanceScales)
+    decode_chunk: int = 8
+    use_memory: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"steps must be an integer >= 1; got {self.steps!r}.")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed must be an integer in [0, 2^63); got {self.seed!r}.")
+        if isinstance(self.decode_chunk, bool) or not isinstance(self.decode_chunk, int) or self.decode_chunk < 1:
+            raise ValueError(f"decode_chunk must be an integer >= 1; got {self.decode_chunk!r}.")
+        if isinstance(self.guidance, dict):
+            object.__setattr__(self, "guidance", GuidanceScales(**self.guidance))
+
+
+@dataclass(frozen=True)
+class ClipPlan:
+    """Clip ``index`` of ``total`` covers output frames ``[start, start + frames)``; it is sampled with
+    ``clip_frames`` frames, the ones past ``frames`` being padding."""
+
+    index: int
+    total: int
+    start: int
+    frames: int
+    clip_frames: int
+
+
+def plan_clips(num_frames: int, clip_frames: int) -> list[ClipPlan]:
+    """Cut ``num_frames`` into non-overlapping clips of ``clip_frames`` (the last one padded)."""
+    if num_frames < 1:
+        raise ValueError(f"nothing to generate: the audio gives {num_frames} frames.")
+    total = math.ceil(num_frames / clip_frames)
+    return [ClipPlan(i, total, i * clip_frames, min(clip_frames, num_frames - i * clip_frames), clip_frames)
+            for i in range(total)]
+
+
+def clip_seed(seed: int, index: int) -> int:
+    """The noise seed of clip ``index``: independent per clip, so any clip can be resampled alone."""
+    digest = hashlib.sha256(f"{seed}:{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+@dataclass
+class GenerationState:
+    """Where a run stands after a clip: the next clip to make and the memory it needs. ``fingerprint``
+    ties it to one (model, inputs, settings), so it cannot resume a different run by mistake."""
+
+    next_clip: int
+    memory: torch.Tensor
+    fingerprint: str
+
+    def save(self, path) -> Path:
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        save_file({"memory": self.memory.detach().cpu().contiguous()}, str(tmp),
+                  metadata={"next_clip": str(self.next_clip), "fingerprint": self.fingerprint})
+        tmp.replace(path)  # atomic: an interrupted save never leaves a broken state file
+        return path
+
+    @classmethod
+    def load(cls, path) -> "GenerationState":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if "next_clip" not in meta or "fingerprint" not in meta:
+                raise ValueError(f"'{path}' is not a LetsTalk generation state file.")
+            return cls(int(meta["next_clip"]), f.get_tensor("memory"), meta["fingerprint"])
+
+
+@dataclass
+class PreparedInputs:
+    """Inputs encoded once per run: the portrait latent ``[1, C, h, w]``, the per-frame speech features
+    of the padded track ``[n_padded, L, C]``, the exact output frame count and the clip plan."""
+
+    portrait_latent: torch.Tensor
+    features: torch.Tensor
+    num_frames: int
+    plan: list[ClipPlan]
+    audio_seconds: float
+    fingerprint: str
+
+
+@dataclass
+class StepInfo:
+    """Progress of one sampling step: clip k of N, step s of S, the memory frames in use and the
+    current denoised estimate (latents) for previews."""
+
+    clip: int
+    clips: int
+    step: int
+    steps: int
+    memory_frames: int
+    denoised: torch.Tensor
+
+
+def prepare_portrait_image(image: torch.Tensor, height: int, width: int, *, size_mode: str = "model",
+                           factor: int = 32) -> torch.Tensor:
+    """Portrait ``[C, H, W]`` or ``[1, C, H, W]`` in [-1, 1] → ``[1, 3, height, width]``.
+
+    Grayscale (C = 1) is replicated to RGB; RGBA (C = 4) is composited over white with its alpha channel
+    (given in the same [-1, 1] range). ``size_mode="model"`` centre-crops to the model's aspect ratio and
+    resizes to the size it was trained at; ``"keep"`` keeps the image's own size, which must then be a
+    multiple of the autoencoder's compression ``factor``."""
+    require_tensor(image, "portrait image", ndim=(3, 4))
+    x = image[None] if image.ndim == 3 else image
+    if x.shape[0] != 1:
+        raise ValueError(f"give one portrait, got a batch of {x.shape[0]} images (shape {tuple(image.shape)}).")
+    c, h, w = x.shape[1:]
+    if c not in (1, 3, 4):
+        raise ValueError(f"portrait must have 1 (gray), 3 (RGB) or 4 (RGBA) channels first, got shape {tuple(image.shape)}.")
+    if min(h, w) < 8 or max(h, w) > MAX_PORTRAIT_SIDE:
+        raise ValueError(f"portrait is {w}×{h} pixels; sides must be between 8 and {MAX_PORTRAIT_SIDE}. Resize it first.")
+    require_finite(x, "portrait image")
+    x = x.float()
+    if c == 1:
+        x = x.expand(1, 3, h, w)
+    elif c == 4:
+        alpha = (x[:, 3:] + 1) / 2
+        x = x[:, :3] * alpha + (1 - alpha)
+    if size_mode == "keep":
+        if h % factor or w % factor:
+            raise ValueError(f"portrait is {w}×{h}; with size_mode='keep' both sides must be multiples of {factor} "
+                             f"(e.g. {w // factor * factor or factor}×{h // factor * factor or factor}). "
+                             "Crop or resize it, or use size_mode='model'.")
+        return x.contiguous()
+    if size_mode != "model":
+        raise ValueError(f"size_mode must be 'model' or 'keep'; got {size_mode!r}.")
+    target = height / width
+    if h / w > target:  # too tall: crop rows
+        ch = round(w * target)
+        top = (h - ch) // 2
+        x = x[..., top:top + ch, :]
+    elif h / w < target:
+        cw = round(h / target)
+        left = (w - cw) // 2
+        x = x[..., :, left:left + cw]
+    if tuple(x.shape[-2:]) != (height, width):
+        x = F.interpolate(x, size=(height, width), mode="bicubic", align_corners=False, antialias=True).clamp(-1, 1)
+    return x.contiguous()
+
+
+class LetsTalkGenerator:
+    """Generates a talking video of any length from a portrait, a speech track and a model.
+
+    ``model``: :class:`~letstalk_core.dit.transformer.LetsTalkTransformer`; ``dcae``: its autoencoder;
+    ``speech_encoder``: a :class:`~letstalk_core.audio.features.SpeechEncoder` matching the config."""
+
+    def __init__(self, config: LetsTalkConfig, model, dcae, speech_encoder, *, device="cpu", dtype=torch.float32):
+        self.config = config
+        self.model = model.to(device=device, dtype=dtype).eval()
+        self.dcae = dcae.to(device=device).eval()
+        self.speech_encoder = speech_encoder
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.schedule = make_schedule(config.diffusion)
+
+    # --- preparation -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def prepare(self, image: torch.Tensor, waveform, sample_rate: int, *, size_mode: str = "model") -> PreparedInputs:
+        cfg = self.config
+        fps = cfg.video.fps
+        wave = prepare_waveform(waveform, sample_rate)  # mono 16 kHz, validated
+        num_frames = frame_count(wave.shape[0], TARGET_SAMPLE_RATE, fps)
+        plan = plan_clips(num_frames, cfg.video.clip_frames)
+        padded_frames = len(plan) * cfg.video.clip_frames
+        # Pad with silence to cover the padded last clip, so its features exist (and are silent).
+        need = math.ceil(padded_frames * TARGET_SAMPLE_RATE / fps)
+        wave = F.pad(wave, (0, max(0, need - wave.shape[0])))
+        features = self.speech_encoder.encode(wave, TARGET_SAMPLE_RATE, fps).float().cpu()
+        features = features[:padded_frames]
+        portrait = prepare_portrait_image(image, cfg.video.height, cfg.video.width, size_mode=size_mode,
+                                          factor=cfg.dcae.spatial_compression)
+        dcae_dtype = next(self.dcae.parameters()).dtype
+        latent = encode_frames(self.dcae, portrait.to(self.device, dcae_dtype), chunk_size=1).to(self.dtype)
+        fp = hashlib.sha256()
+        fp.update(cfg.to_json().encode())
+        fp.update(portrait.cpu().numpy().tobytes())
+        fp.update(features.numpy().tobytes())
+        return PreparedInputs(latent, features, num_frames, plan, wave.shape[0] / TARGET_SAMPLE_RATE, fp.hexdigest())
+
+    def fingerprint(self, prepared: PreparedInputs, settings: GenerationSettings) -> str:
+        return hashlib.sha256((prepared.fingerprint + repr(asdict(settings))).encode()).hexdigest()[:32]
+
+    # --- sampling ----------------------------------------------------------------------------------
+    def clip_audio_tokens(self, prepared: PreparedInputs, clip: ClipPlan) -> torch.Tensor:
+        windows = frame_windows(prepared.features, self.config.audio_window, start=clip.start,
+                                stop=clip.start + clip.clip_frames)
+        return self.model.project_audio(windows[None].to(self.device, self.dtype))
+
+    @torch.no_grad()
+    def sample_clip(self, prepared: PreparedInputs, clip: ClipPlan, memory: torch.Tensor,
+                    settings: GenerationSettings, on_step: Callable[[StepInfo], None] | None = None) -> torch.Tensor:
+        """Sample one clip's clean latents ``[1, C, F, h, w]`` given its memory."""
+        c = self.config.dit.in_channels
+        h, w = prepared.portrait_latent.shape[-2:]
+        gen = torch.Generator(device="cpu").manual_seed(clip_seed(settings.seed, clip.index))
+        noise = torch.randn((1, c, clip.clip_frames, h, w), generator=gen).to(self.device, self.dtype)
+        model_fn = guided_model_fn(self.model, portrait=prepared.portrait_latent, audio_tokens=self.clip_audio_tokens(prepared, clip),
+                                   memory=memory, scales=settings.guidance, eps_channels=c)
+        sampler = get_sampler(settings.sampler, self.schedule)
+        callback = None
+        if on_step is not None:
+            def callback(info: dict) -> None:
+                on_step(StepInfo(clip.index, clip.total, info["step"], info["total"], memory.shape[2], info["denoised"]))
+        return sampler(model_fn, noise, self.schedule, steps=settings.steps, generator=gen, callback=callback)
+
+    def iter_clips(self, prepared: PreparedInputs, settings: GenerationSettings, *, state: GenerationState | None = None,
+                   on_step: Callable[[StepInfo], None] | None = None) -> Iterator[tuple[ClipPlan, torch.Tensor, GenerationState]]:
+        """Yield ``(clip, clean latents, state after the clip)`` for every clip from ``state`` on."""
+        fp = self.fingerprint(prepared, settings)
+        portrait_memory = initial_memory(prepared.portrait_latent, self.config.memory.frames)
+        memory, first = portrait_memory, 0
+        if state is not None:
+            if state.fingerprint != fp:
+                raise ValueError("this saved state belongs to another run (different model, portrait, audio or "
+                                 "settings); delete it or resume with the exact same inputs.")
+            memory, first = state.memory.to(self.device, self.dtype), state.next_clip
+        for clip in prepared.plan[first:]:
+            latents = self.sample_clip(prepared, clip, memory, settings, on_step)
+            memory = update_memory(memory, latents, clip.frames) if settings.use_memory else portrait_memory
+            yield clip, latents, GenerationState(clip.index + 1, memory.detach().cpu(), fp)
+
+    @torch.no_grad()
+    def decode_clip(self, latents: torch.Tensor, clip: ClipPlan, chunk: int) -> Iterator[torch.Tensor]:
+        """Decoded frames ``[n, 3, H, W]`` of the clip's valid frames, chunk by chunk."""
+        frames = latents[0, :, : clip.frames].transpose(0, 1)  # [F, C, h, w]
+        dcae_dtype = next(self.dcae.parameters()).dtype
+        for out in iter_decode(self.dcae, frames.to(dcae_dtype), chunk_size=chunk):
+            yield out.float().cpu()
+
+    def generate(self, image: torch.Tensor, waveform, sample_rate: int, sink: FrameSink,
+                 settings: GenerationSettings = GenerationSettings(), *, state: GenerationState | None = None,
+                 on_state: Callable[[GenerationState], None] | None = None,
+                 on_step: Callable[[StepInfo], None] | None = None, size_mode: str = "model") -> PreparedInputs:
+        """Generate the whole video into ``sink``; returns the prepared inputs (frame count, plan)."""
+        prepared = self.prepare(image, waveform, sample_rate, size_mode=size_mode)
+        for clip, latents, new_state in self.iter_clips(prepared, settings, state=state, on_step=on_step):
+            for frames in self.decode_clip(latents, clip, settings.decode_chunk):
+                sink.write(frames)
+            if on_state is not None:
+                on_state(new_state)
+        return prepared
