@@ -186,6 +186,9 @@ class LetsTalkConfig:
             raise ValueError(f"video size {self.video.height}×{self.video.width} must be a multiple of {f}.")
         if self.diffusion.objective == "flow" and self.dit.learn_sigma:
             raise ValueError("the flow objective predicts a velocity; set dit.learn_sigma=False for it.")
+        if self.diffusion.objective == "ddpm" and self.diffusion.learn_sigma != self.dit.learn_sigma:
+            raise ValueError(f"dit.learn_sigma ({self.dit.learn_sigma}) and diffusion.learn_sigma "
+                             f"({self.diffusion.learn_sigma}) must agree: the sampler reads the variance channels the model outputs.")
 
     @property
     def latent_size(self) -> tuple[int, int]:

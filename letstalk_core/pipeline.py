@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .audio.waveform import TARGET_SAMPLE_RATE, frame_count, prepare_waveform
-from .audio.windows import frame_windows
+from .audio.windows import frame_windows_range
 from .autoencoder.dc_ae import encode_frames, iter_decode
 from .config import LetsTalkConfig
 from .diffusion.guidance import GuidanceScales, guided_model_fn
@@ -230,7 +230,8 @@ class LetsTalkGenerator:
         cfg = self.config
         fps = cfg.video.fps
         wave = prepare_waveform(waveform, sample_rate)  # mono 16 kHz, validated
-        num_frames = frame_count(wave.shape[0], TARGET_SAMPLE_RATE, fps)
+        samples = int(waveform.shape[-1])  # the frame count comes from the original samples: ceil(S·fps)
+        num_frames = frame_count(samples, int(sample_rate), fps)
         plan = plan_clips(num_frames, cfg.video.clip_frames)
         padded_frames = len(plan) * cfg.video.clip_frames
         # Pad with silence to cover the padded last clip, so its features exist (and are silent).
@@ -246,15 +247,15 @@ class LetsTalkGenerator:
         fp.update(cfg.to_json().encode())
         fp.update(portrait.cpu().numpy().tobytes())
         fp.update(features.numpy().tobytes())
-        return PreparedInputs(latent, features, num_frames, plan, wave.shape[0] / TARGET_SAMPLE_RATE, fp.hexdigest())
+        return PreparedInputs(latent, features, num_frames, plan, samples / int(sample_rate), fp.hexdigest())
 
     def fingerprint(self, prepared: PreparedInputs, settings: GenerationSettings) -> str:
         return hashlib.sha256((prepared.fingerprint + repr(asdict(settings))).encode()).hexdigest()[:32]
 
     # --- sampling ----------------------------------------------------------------------------------
     def clip_audio_tokens(self, prepared: PreparedInputs, clip: ClipPlan) -> torch.Tensor:
-        windows = frame_windows(prepared.features, self.config.audio_window, start=clip.start,
-                                stop=clip.start + clip.clip_frames)
+        windows = frame_windows_range(prepared.features, clip.start, clip.start + clip.clip_frames,
+                                      self.config.audio_window)
         return self.model.project_audio(windows[None].to(self.device, self.dtype))
 
     @torch.no_grad()

@@ -157,7 +157,8 @@ def _read_file(path: Path) -> tuple[dict[str, torch.Tensor], DCAEConfig | None]:
         tensors = unwrap_state_dict(torch.load(str(path), map_location="cpu", weights_only=True))
     else:
         raise ValueError(
-            f"unsupported DC-AE file type '{path.suffix}' ({path.name}); use .safetensors or one of {list(_TORCH_SUFFIXES)}."
+            f"unsupported DC-AE file type '{path.suffix}' ({path.name}); "
+            f"use .safetensors or one of {list(_TORCH_SUFFIXES)}."
         )
     side = path.with_name("config.json")
     return tensors, (_config_from_json_file(side) if side.is_file() else None)
@@ -205,8 +206,8 @@ def check_state_dict(expected: Mapping[str, torch.Tensor], given: Mapping[str, t
         problems.append(f"{len(shapes)} tensors with the wrong shape, e.g. {'; '.join(shapes[:5])}")
     if problems:
         raise ValueError(
-            f"{source} does not match the DC-AE config: " + "; ".join(problems) + ". Is it the right file, and the right "
-            "config/preset for it?"
+            f"{source} does not match the DC-AE config: {'; '.join(problems)}. "
+            "Is it the right file, and the right config/preset for it?"
         )
 
 

@@ -69,21 +69,25 @@ class DCAEConfig:
     # -- construction helpers -------------------------------------------------------------------
     def _normalise(self) -> None:
         """Turn lists into tuples and broadcast single strings to one entry per stage."""
-        set_ = object.__setattr__
-        set_(self, "encoder_block_out_channels", _int_tuple(self.encoder_block_out_channels, "encoder_block_out_channels"))
-        set_(self, "decoder_block_out_channels", _int_tuple(self.decoder_block_out_channels, "decoder_block_out_channels"))
+        values = {}
         for part in ("encoder", "decoder"):
-            n = len(getattr(self, f"{part}_block_out_channels"))
-            set_(self, f"{part}_block_types", _str_tuple(getattr(self, f"{part}_block_types"), n, f"{part}_block_types"))
-            set_(self, f"{part}_layers_per_block", _int_tuple(getattr(self, f"{part}_layers_per_block"), f"{part}_layers_per_block"))
+            widths = _int_tuple(getattr(self, f"{part}_block_out_channels"), f"{part}_block_out_channels")
             scales = getattr(self, f"{part}_qkv_multiscales")
             if not isinstance(scales, (list, tuple)):
-                raise TypeError(f"{part}_qkv_multiscales must be a list of per-stage kernel-size lists, got {scales!r}.")
-            set_(self, f"{part}_qkv_multiscales", tuple(_int_tuple(s, f"{part}_qkv_multiscales entry") for s in scales))
-        n_dec = len(self.decoder_block_out_channels)
-        set_(self, "decoder_norm_types", _str_tuple(self.decoder_norm_types, n_dec, "decoder_norm_types"))
-        set_(self, "decoder_act_fns", _str_tuple(self.decoder_act_fns, n_dec, "decoder_act_fns"))
-        set_(self, "scaling_factor", float(self.scaling_factor))
+                raise TypeError(f"{part}_qkv_multiscales must be a list of per-stage kernel-size lists, got {scales!r}")
+            values[f"{part}_block_out_channels"] = widths
+            values[f"{part}_qkv_multiscales"] = tuple(_int_tuple(s, f"{part}_qkv_multiscales entry") for s in scales)
+            values[f"{part}_layers_per_block"] = _int_tuple(
+                getattr(self, f"{part}_layers_per_block"), f"{part}_layers_per_block"
+            )
+            string_fields = [f"{part}_block_types"]
+            if part == "decoder":
+                string_fields += ["decoder_norm_types", "decoder_act_fns"]
+            for field in string_fields:
+                values[field] = _str_tuple(getattr(self, field), len(widths), field)
+        values["scaling_factor"] = float(self.scaling_factor)
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
 
     def _validate_scalars(self) -> None:
         for name in ("in_channels", "latent_channels", "attention_head_dim"):

@@ -258,7 +258,8 @@ class Decoder(nn.Module):
         self.in_repeats = widths[-1] // cfg.latent_channels if cfg.decoder_in_shortcut else 0
         stages = []
         for i, (width, depth) in enumerate(zip(widths, depths)):
-            blocks = [UpBlock(widths[i + 1], width, interpolate, shortcut=True)] if i < len(widths) - 1 and depth else []
+            has_up = i < len(widths) - 1 and depth > 0
+            blocks = [UpBlock(widths[i + 1], width, interpolate, shortcut=True)] if has_up else []
             blocks += [
                 _block(cfg.decoder_block_types[i], width, cfg.attention_head_dim, cfg.decoder_norm_types[i],
                        cfg.decoder_act_fns[i], cfg.decoder_qkv_multiscales[i])

@@ -115,6 +115,9 @@ class Schedule:
     posterior_mean_coef1: torch.Tensor | None = None
     posterior_mean_coef2: torch.Tensor | None = None
 
+    def __repr__(self) -> str:
+        return f"Schedule(kind={self.kind!r}, num_timesteps={self.num_timesteps}, config={self.config!r})"
+
     @property
     def is_respaced(self) -> bool:
         return self.kind == "ddpm" and self.num_timesteps != self.config.num_train_timesteps

@@ -28,6 +28,7 @@ from .modules import (
     LiteLinearAttention,
     build_module,
     modulate,
+    zero_init,
 )
 
 
@@ -54,9 +55,7 @@ class LetsTalkBlock(nn.Module):
         self.attn = LiteLinearAttention(d, cfg.linear_head_dim)
         self.norm2 = nn.LayerNorm(d, eps=NORM_EPS, elementwise_affine=False)
         self.ffn = GLUMBConv(d, cfg.ffn_hidden)
-        self.adaLN = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
-        nn.init.zeros_(self.adaLN[1].weight)
-        nn.init.zeros_(self.adaLN[1].bias)
+        self.adaLN = nn.Sequential(nn.SiLU(), zero_init(nn.Linear(d, 6 * d)))
 
     def forward(self, s: BlockState, c: torch.Tensor, grid: tuple[int, int], *, audio_context: torch.Tensor | None,
                 portrait_tokens: torch.Tensor | None, siamese_feature: torch.Tensor | None) -> BlockState:

@@ -17,6 +17,15 @@ from .attention import merge_heads, relu_linear_attention, softmax_attention, sp
 NORM_EPS = 1e-6
 
 
+def zero_init(layer: nn.Module) -> nn.Module:
+    """Zero a layer's parameters and mark it, so the model's weight initialisation keeps it at zero
+    (adaLN-Zero, the final layer and ``temporal_fc``)."""
+    for p in layer.parameters():
+        nn.init.zeros_(p)
+    layer.zero_initialised = True
+    return layer
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """adaLN modulation ``x·(1+scale) + shift`` (DiT eq.; shift/scale broadcast over tokens)."""
     return x * (1 + scale) + shift
@@ -34,9 +43,7 @@ class SoftmaxTemporalAttention(nn.Module):
         self.norm = nn.LayerNorm(hidden, eps=NORM_EPS)
         self.qkv = nn.Linear(hidden, 3 * hidden)
         self.proj = nn.Linear(hidden, hidden)
-        self.temporal_fc = nn.Linear(hidden, hidden)
-        nn.init.zeros_(self.temporal_fc.weight)
-        nn.init.zeros_(self.temporal_fc.bias)
+        self.temporal_fc = zero_init(nn.Linear(hidden, hidden))
 
     def forward(self, video: torch.Tensor, memory: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """video ``[B, F, N, D]``, memory ``[B, f, N, D]`` or None → both updated."""

@@ -16,7 +16,7 @@ from ..config import DiTConfig, LetsTalkConfig
 from .block import BlockState, LetsTalkBlock
 from .embeddings import PatchEmbed, TimestepEmbedder, sincos_1d, sincos_2d
 from .fusion import PortraitContext, SiameseBranch
-from .modules import NORM_EPS, modulate
+from .modules import NORM_EPS, modulate, zero_init
 
 
 class FinalLayer(nn.Module):
@@ -25,11 +25,8 @@ class FinalLayer(nn.Module):
     def __init__(self, hidden: int, out_features: int):
         super().__init__()
         self.norm = nn.LayerNorm(hidden, eps=NORM_EPS, elementwise_affine=False)
-        self.adaLN = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden))
-        self.linear = nn.Linear(hidden, out_features)
-        for layer in (self.adaLN[1], self.linear):
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        self.adaLN = nn.Sequential(nn.SiLU(), zero_init(nn.Linear(hidden, 2 * hidden)))
+        self.linear = zero_init(nn.Linear(hidden, out_features))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale = self.adaLN(c)[:, None, None].chunk(2, dim=-1)
@@ -59,15 +56,12 @@ class LetsTalkTransformer(nn.Module):
 
     def _init_weights(self) -> None:
         """DiT initialisation: Xavier-uniform linears with zero bias, patch embedding like a linear,
-        timestep MLP N(0, 0.02); zero-initialised layers (adaLN, final, temporal_fc) are re-zeroed."""
-        zero = [m for m in self.modules() if isinstance(m, nn.Linear) and not m.weight.any()]
+        timestep MLP N(0, 0.02); layers marked by ``zero_init`` (adaLN, final, temporal_fc) stay zero."""
         for m in self.modules():
-            if isinstance(m, nn.Linear):
+            if isinstance(m, nn.Linear) and not getattr(m, "zero_initialised", False):
                 nn.init.xavier_uniform_(m.weight)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-        for m in zero:
-            nn.init.zeros_(m.weight)
         w = self.patch_embed.proj.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.zeros_(self.patch_embed.proj.bias)

@@ -24,6 +24,7 @@ from letstalk_core.autoencoder import (
     load_dcae,
     save_dcae,
 )
+from letstalk_core.autoencoder import dc_ae
 from letstalk_core.autoencoder.dc_ae import relu_linear_attention, relu_quadratic_attention
 
 diffusers = pytest.importorskip("diffusers")
@@ -127,6 +128,7 @@ def _original_key(key: str, cfg: DCAEConfig) -> str:
     m = re.fullmatch(r"(encoder|decoder)\.(?:down|up)_blocks\.(\d+)\.(\d+)\.(.+)", key)
     assert m, key
     part, s, j, rest = m.groups()
+    conv_down = part == "encoder" and cfg.downsample_block_type == "conv"
     inner = {
         r"conv1\.(\w+)": r"main.conv1.conv.\1",
         r"conv2\.weight": "main.conv2.conv.weight",
@@ -141,7 +143,7 @@ def _original_key(key: str, cfg: DCAEConfig) -> str:
         r"conv_out\.conv_point\.weight": "local_module.main.point_conv.conv.weight",
         r"conv_out\.norm\.(\w+)": r"local_module.main.point_conv.norm.\1",
         # down/up-sampling ops: a ConvLayer (sana conv down) or a layer wrapping one (pixel ops, interpolate up)
-        r"conv\.(\w+)": r"main.conv.\1" if part == "encoder" and cfg.downsample_block_type == "conv" else r"main.conv.conv.\1",
+        r"conv\.(\w+)": r"main.conv.\1" if conv_down else r"main.conv.conv.\1",
     }
     for pat, rep in inner.items():
         if re.fullmatch(pat, rest):
@@ -166,16 +168,28 @@ def to_original_layout(state_dict: dict, cfg: DCAEConfig) -> dict:
 
 
 # -- equivalence with diffusers ----------------------------------------------------------------------
-def test_matches_diffusers_encoder_and_decoder(pair):
+def test_matches_diffusers_encoder_and_decoder(pair, monkeypatch):
     name, ref, ours, _ = pair
+    calls = {"linear": 0, "quadratic": 0}
+
+    def counted(kind, fn):
+        def wrapper(*args):
+            calls[kind] += 1
+            return fn(*args)
+        return wrapper
+
+    monkeypatch.setattr(dc_ae, "relu_linear_attention", counted("linear", relu_linear_attention))
+    monkeypatch.setattr(dc_ae, "relu_quadratic_attention", counted("quadratic", relu_quadratic_attention))
     x = _images()
     with torch.no_grad():
         z_ref, z = ref.encode(x).latent, ours.encode(x)
         y_ref, y = ref.decode(z_ref).sample, ours.decode(z_ref)
+    assert calls["linear"] > 0 and calls["quadratic"] > 0, calls  # both attention paths are compared
     assert z.shape == (2, 8, IMAGE_HW[0] // 32, IMAGE_HW[1] // 32)
     assert y.shape == x.shape
     d_enc, d_dec = (z - z_ref).abs().max().item(), (y - y_ref).abs().max().item()
-    print(f"{name}: max|dz|={d_enc:.2e} (|z|max {z_ref.abs().max():.2f}), max|dy|={d_dec:.2e} (|y|max {y_ref.abs().max():.2f})")
+    print(f"{name}: max|dz|={d_enc:.2e} (max|z| {z_ref.abs().max():.2f}), "
+          f"max|dy|={d_dec:.2e} (max|y| {y_ref.abs().max():.2f})")
     assert z_ref.std() > 0.05 and y_ref.std() > 0.05  # non-degenerate outputs
     assert d_enc < TOL and d_dec < TOL
 
@@ -188,16 +202,26 @@ def test_linear_and_quadratic_attention_agree():
                                atol=1e-5, rtol=1e-5)
 
 
-def test_bf16_model_tracks_fp32(pair):
+def test_bf16_and_autocast_keep_attention_in_fp32(pair, monkeypatch):
     _, _, ours, cfg = pair
+    seen = set()
+
+    def recording(q, k, v, eps):
+        seen.update({q.dtype, k.dtype, v.dtype})
+        return relu_linear_attention(q, k, v, eps)
+
+    monkeypatch.setattr(dc_ae, "relu_linear_attention", recording)
     x = _images(1)
     with torch.no_grad():
         z32 = ours.encode(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            z_auto = ours.encode(x).float()
         half = DCAE(cfg).eval()
         half.load_state_dict(ours.state_dict())
         z16 = half.to(torch.bfloat16).encode(x.bfloat16()).float()
-    assert z16.dtype == torch.float32 and torch.isfinite(z16).all()
-    assert (z16 - z32).abs().max() < 0.1 * z32.abs().max()
+    assert seen == {torch.float32}
+    for z in (z_auto, z16):
+        assert torch.isfinite(z).all() and (z - z32).abs().max() < 0.1 * z32.abs().max()
 
 
 # -- configs -----------------------------------------------------------------------------------------
@@ -215,7 +239,8 @@ def test_full_size_parameter_and_key_counts(name, total, enc, dec, n_diffusers, 
         model = DCAE(cfg)
     count = lambda m: sum(p.numel() for p in m.parameters()) / 1e6  # noqa: E731
     print(f"{name}: {count(model):.2f} M ({count(model.encoder):.2f} / {count(model.decoder):.2f})")
-    assert (round(count(model), 2), round(count(model.encoder), 2), round(count(model.decoder), 2)) == (total, enc, dec)
+    counts = tuple(round(count(m), 2) for m in (model, model.encoder, model.decoder))
+    assert counts == (total, enc, dec)
     sd = model.state_dict()
     original = to_original_layout(sd, cfg)
     assert (len(sd), len(original)) == (n_diffusers, n_original)  # key counts of components.md 1.5
@@ -275,9 +300,10 @@ def _outputs(model, x):
 
 def test_load_diffusers_layout_with_config_json(pair, tmp_path):
     _, ref, ours, cfg = pair
-    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, tmp_path / "diffusion_pytorch_model.safetensors")
+    weights = tmp_path / "diffusion_pytorch_model.safetensors"
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, weights)
     (tmp_path / "config.json").write_text(json.dumps(dict(ref.config, _class_name="AutoencoderDC")))
-    loaded = load_dcae(tmp_path / "diffusion_pytorch_model.safetensors")
+    loaded = load_dcae(weights)
     assert detect_layout(ref.state_dict()) == "diffusers"
     assert loaded.config == cfg and not loaded.training
     for a, b in zip(_outputs(loaded, _images(1)), _outputs(ours, _images(1))):
@@ -321,7 +347,8 @@ def test_checkpoint_errors(pair, tmp_path):
     with pytest.raises(ValueError, match=r"1 missing tensors, e.g. \['decoder.conv_in.bias'\]"):
         load_dcae(missing, cfg)
     bad = dict(sd, **{"encoder.conv_out.weight": torch.zeros(4, 64, 3, 3)})
-    with pytest.raises(ValueError, match=r"'encoder.conv_out.weight': expected \(8, 64, 3, 3\), file has \(4, 64, 3, 3\)"):
+    shape_msg = r"'encoder.conv_out.weight': expected \(8, 64, 3, 3\), file has \(4, 64, 3, 3\)"
+    with pytest.raises(ValueError, match=shape_msg):
         load_dcae(bad, cfg)
     extra = dict(sd, **{"encoder.extra.weight": torch.zeros(1)})
     with pytest.raises(ValueError, match=r"1 unexpected tensors, e.g. \['encoder.extra.weight'\]"):

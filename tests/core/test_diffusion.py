@@ -111,7 +111,7 @@ def test_config_round_trip_and_errors():
 
 # _FLOAT64_NOTE: diffusers keeps alphas_cumprod in float32; at t=0, 1-ᾱ ≈ 1e-4 then carries ~6e-4
 # relative error, which moves the last step by ~3e-5 with its own table. The comparisons hand diffusers
-# the float64 table (the same float32 linspace/cumprod recipe, checked above) so they measure the
+# the float64 table of the same schedule (checked against its own above) so they measure the
 # sampler maths, not diffusers' table precision.
 
 def _trajectory(sampler, model_fn, x, schedule, **kw):
@@ -161,16 +161,20 @@ def test_ddim_even_spacing_matches_adm_float64(ddpm):
     assert (ours.double() - y).abs().max() < 1e-5
 
 
-def test_ddpm_learned_range_matches_diffusers(ddpm):
-    """Respaced ancestral DDPM with learned-range variance vs diffusers DDPMScheduler(custom timesteps,
-    variance_type="learned_range"), same generator stream."""
+@pytest.mark.parametrize("learn_sigma", [True, False])
+def test_ddpm_matches_diffusers(ddpm, ddpm_fixed, learn_sigma):
+    """Respaced ancestral DDPM (ADM even spacing, 10 steps) vs diffusers DDPMScheduler with the same custom
+    timesteps and variance_type "learned_range" (learn_sigma) or "fixed_large" (DiT's default without it),
+    same generator stream."""
     steps = 10
+    sched = ddpm if learn_sigma else ddpm_fixed
     x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(3))
-    model = with_var(analytic_eps)
-    ours, xs = _trajectory(sample_ddpm, model, x, ddpm, steps=steps, generator=torch.Generator().manual_seed(11))
+    model = with_var(analytic_eps) if learn_sigma else analytic_eps
+    ours, xs = _trajectory(sample_ddpm, model, x, sched, steps=steps, generator=torch.Generator().manual_seed(11))
     ts = sampling_timesteps(ddpm, steps)[::-1]
     ref = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
-                                  clip_sample=False, variance_type="learned_range", prediction_type="epsilon")
+                                  clip_sample=False, prediction_type="epsilon",
+                                  variance_type="learned_range" if learn_sigma else "fixed_large")
     ref.alphas_cumprod = _AC.clone()  # see _FLOAT64_NOTE
     ref.set_timesteps(timesteps=ts)
     g = torch.Generator().manual_seed(11)
