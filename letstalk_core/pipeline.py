@@ -304,6 +304,7 @@ class LetsTalkGenerator:
                  on_state: Callable[[GenerationState], None] | None = None,
                  on_step: Callable[[StepInfo], None] | None = None, size_mode: str = "model") -> PreparedInputs:
         """Generate the whole video into ``sink``; returns the prepared inputs (frame count, plan)."""
+        get_sampler(settings.sampler, self.schedule)  # refuse a wrong sampler before any work
         prepared = self.prepare(image, waveform, sample_rate, size_mode=size_mode)
         for clip, latents, new_state in self.iter_clips(prepared, settings, state=state, on_step=on_step):
             for frames in self.decode_clip(latents, clip, settings.decode_chunk):
