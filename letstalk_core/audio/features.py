@@ -181,21 +181,30 @@ def mel_filterbank(cfg: MelConfig = MelConfig()) -> torch.Tensor:
     return (weights * enorm[:, None]).to(torch.float32)
 
 
-def log_mel(wave16k: torch.Tensor, cfg: MelConfig = MelConfig()) -> torch.Tensor:
+def log_mel(wave16k: torch.Tensor, cfg: MelConfig = MelConfig(), *, chunk_frames: int = 3000) -> torch.Tensor:
     """Whisper log-mel spectrogram ``[n_mels, T // hop]`` of a mono waveform at ``cfg.sample_rate``.
 
-    Frame ``k`` is centred on sample ``k * hop``. Waveforms shorter than ``n_fft`` are zero-padded
-    first. Silence gives the constant ``(log10(1e-10) + 4) / 4 = -1.5`` (finite).
+    Frame ``k`` is centred on sample ``k * hop`` (``torch.stft(center=True)``, reflect padding).
+    Waveforms shorter than ``n_fft`` are zero-padded first. Silence gives the constant
+    ``(log10(1e-10) + 4) / 4 = -1.5`` (finite). The STFT runs over ``chunk_frames`` frames at a time
+    (30 s by default) on slices of the once-padded signal, which gives exactly the frames of one
+    whole-track STFT while keeping the complex spectrogram's memory independent of the audio length.
     """
     wave = _check_wave16k(wave16k).to(torch.float32)
     n_frames = max(1, wave.shape[0] // cfg.hop_length)
     if wave.shape[0] < cfg.n_fft:
         wave = F.pad(wave, (0, cfg.n_fft - wave.shape[0]))
+    half = cfg.n_fft // 2
+    padded = F.pad(wave[None, None], (half, half), mode="reflect")[0, 0]
     window = torch.hann_window(cfg.n_fft, device=wave.device)
-    spec = torch.stft(wave, cfg.n_fft, cfg.hop_length, window=window, return_complex=True)
-    power = spec[:, :n_frames].abs() ** 2
-    mel = mel_filterbank(cfg).to(wave.device) @ power
-    logspec = torch.clamp(mel, min=1e-10).log10()
+    filters = mel_filterbank(cfg).to(wave.device)
+    chunks = []
+    for j0 in range(0, n_frames, chunk_frames):
+        j1 = min(n_frames, j0 + chunk_frames)
+        segment = padded[j0 * cfg.hop_length:(j1 - 1) * cfg.hop_length + cfg.n_fft]
+        spec = torch.stft(segment, cfg.n_fft, cfg.hop_length, window=window, center=False, return_complex=True)
+        chunks.append(torch.clamp(filters @ spec.abs() ** 2, min=1e-10).log10())
+    logspec = torch.cat(chunks, dim=1)
     logspec = torch.maximum(logspec, logspec.max() - cfg.top_db)
     return (logspec + 4.0) / 4.0
 

@@ -134,3 +134,14 @@ def test_audio_projector_shapes_and_hallo_math():
     assert AudioProjectorConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="tokens must be a positive integer"):
         AudioProjectorConfig(tokens=0)
+
+
+def test_log_mel_in_chunks_equals_one_stft():
+    import torch
+
+    from letstalk_core.audio.features import log_mel
+
+    wave = torch.randn(16000 * 3 + 77) * 0.1
+    whole = log_mel(wave, chunk_frames=10_000)
+    assert whole.shape == (80, 300)
+    assert (log_mel(wave, chunk_frames=37) - whole).abs().max() < 1e-5

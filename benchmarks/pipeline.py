@@ -1,0 +1,93 @@
+"""Long-video pipeline cost with the tiny model: time per generated frame and peak memory for 10 s,
+60 s and 300 s of speech, each in a fresh process, side by side with ratios to the 10 s run.
+
+    python benchmarks/pipeline.py [--durations 10,60,300] [--steps 10] [--sampler ddim]
+
+Each run: the tiny preset (random weights, log-mel audio front end, tiny DC-AE, 8-frame clips,
+2 memory frames) generates the whole track into an mp4 with sound through the streaming writer.
+"Peak RSS" is the process's resident-set high-water mark (everything: Python, torch, model, audio,
+features, encoder); "growth" is that peak minus the resident size just before the audio was made.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def child(seconds: float, steps: int, sampler: str) -> dict:
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from letstalk_core.audio.features import SpeechEncoder
+    from letstalk_core.autoencoder.dc_ae import DCAE
+    from letstalk_core.config import get_preset
+    from letstalk_core.dit.transformer import LetsTalkTransformer
+    from letstalk_core.io.video import VideoWriter
+    from letstalk_core.pipeline import GenerationSettings, LetsTalkGenerator
+
+    torch.manual_seed(0)
+    cfg = get_preset("tiny")
+    model = LetsTalkTransformer(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    gen = LetsTalkGenerator(cfg, model, DCAE(cfg.dcae), SpeechEncoder(cfg.speech_encoder))
+    h = cfg.video.height
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, h), indexing="ij")
+    image = (((xx**2 + yy**2) < 0.5).float() * 1.2 - 0.6).expand(3, h, h).clone()
+    base = _rss_mb()
+    rate = 16000
+    t = torch.arange(int(seconds * rate)) / rate
+    wave = (torch.sin(2 * math.pi * 140 * t) * (0.5 + 0.5 * torch.sin(2 * math.pi * 4 * t)) * 0.3)[None]
+    settings = GenerationSettings(sampler=sampler, steps=steps, seed=0)
+    with tempfile.TemporaryDirectory() as d:
+        t0 = time.perf_counter()
+        with VideoWriter(Path(d) / "out.mp4", cfg.video.fps, audio=wave, audio_rate=rate) as writer:
+            prepared = gen.generate(image, wave, rate, writer, settings)
+        elapsed = time.perf_counter() - t0
+        frames = writer.frames_written
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"seconds": seconds, "frames": frames, "expected": prepared.num_frames, "clips": len(prepared.plan),
+            "time_s": elapsed, "s_per_frame": elapsed / frames, "peak_mb": peak, "growth_mb": peak - base}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--durations", default="10,60,300")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--sampler", default="ddim")
+    p.add_argument("--child", type=float, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.child is not None:
+        print(json.dumps(child(a.child, a.steps, a.sampler)))
+        return
+    rows = []
+    for s in (float(x) for x in a.durations.split(",")):
+        out = subprocess.run([sys.executable, __file__, "--child", str(s), "--steps", str(a.steps), "--sampler", a.sampler],
+                             capture_output=True, text=True, check=True)
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    ref = rows[0]
+    print(f"tiny preset, {a.sampler} {a.steps} steps, 25 fps, 8-frame clips, streaming mp4 writer, one process per run")
+    print(f"{'audio s':>8} {'frames':>7} {'clips':>6} {'total s':>8} {'ms/frame':>9} {'x 10s':>6} {'peak RSS MB':>12} {'x 10s':>6} {'growth MB':>10}")
+    for r in rows:
+        assert r["frames"] == r["expected"] == math.ceil(r["seconds"] * 25)
+        print(f"{r['seconds']:>8.0f} {r['frames']:>7} {r['clips']:>6} {r['time_s']:>8.1f} {r['s_per_frame'] * 1e3:>9.2f} "
+              f"{r['s_per_frame'] / ref['s_per_frame']:>6.2f} {r['peak_mb']:>12.1f} {r['peak_mb'] / ref['peak_mb']:>6.2f} {r['growth_mb']:>10.1f}")
+
+
+if __name__ == "__main__":
+    main()
