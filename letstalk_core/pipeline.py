@@ -237,12 +237,12 @@ class LetsTalkGenerator:
         # Pad with silence to cover the padded last clip, so its features exist (and are silent).
         need = math.ceil(padded_frames * TARGET_SAMPLE_RATE / fps)
         wave = F.pad(wave, (0, max(0, need - wave.shape[0])))
-        features = self.speech_encoder.encode(wave, TARGET_SAMPLE_RATE, fps).float().cpu()
-        features = features[:padded_frames]
+        features = self.speech_encoder.encode_prepared(wave, fps, n_frames=padded_frames).float().cpu()
+        del wave
         portrait = prepare_portrait_image(image, cfg.video.height, cfg.video.width, size_mode=size_mode,
                                           factor=cfg.dcae.spatial_compression)
         dcae_dtype = next(self.dcae.parameters()).dtype
-        latent = encode_frames(self.dcae, portrait.to(self.device, dcae_dtype), chunk_size=1).to(self.dtype)
+        latent = encode_frames(self.dcae, portrait.to(self.device, dcae_dtype), chunk_size=1).float()
         fp = hashlib.sha256()
         fp.update(cfg.to_json().encode())
         fp.update(portrait.cpu().numpy().tobytes())
@@ -265,7 +265,7 @@ class LetsTalkGenerator:
         c = self.config.dit.in_channels
         h, w = prepared.portrait_latent.shape[-2:]
         gen = torch.Generator(device="cpu").manual_seed(clip_seed(settings.seed, clip.index))
-        noise = torch.randn((1, c, clip.clip_frames, h, w), generator=gen).to(self.device, self.dtype)
+        noise = torch.randn((1, c, clip.clip_frames, h, w), generator=gen).to(self.device)  # sampler state in fp32
         model_fn = guided_model_fn(self.model, portrait=prepared.portrait_latent, audio_tokens=self.clip_audio_tokens(prepared, clip),
                                    memory=memory, scales=settings.guidance, eps_channels=c)
         sampler = get_sampler(settings.sampler, self.schedule)
@@ -285,7 +285,7 @@ class LetsTalkGenerator:
             if state.fingerprint != fp:
                 raise ValueError("this saved state belongs to another run (different model, portrait, audio or "
                                  "settings); delete it or resume with the exact same inputs.")
-            memory, first = state.memory.to(self.device, self.dtype), state.next_clip
+            memory, first = state.memory.to(self.device, torch.float32), state.next_clip
         for clip in prepared.plan[first:]:
             latents = self.sample_clip(prepared, clip, memory, settings, on_step)
             memory = update_memory(memory, latents, clip.frames) if settings.use_memory else portrait_memory

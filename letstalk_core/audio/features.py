@@ -187,21 +187,27 @@ def log_mel(wave16k: torch.Tensor, cfg: MelConfig = MelConfig(), *, chunk_frames
     Frame ``k`` is centred on sample ``k * hop`` (``torch.stft(center=True)``, reflect padding).
     Waveforms shorter than ``n_fft`` are zero-padded first. Silence gives the constant
     ``(log10(1e-10) + 4) / 4 = -1.5`` (finite). The STFT runs over ``chunk_frames`` frames at a time
-    (30 s by default) on slices of the once-padded signal, which gives exactly the frames of one
-    whole-track STFT while keeping the complex spectrogram's memory independent of the audio length.
+    (30 s by default) on slices of the signal, reflect-padded at the track's ends only, which gives
+    exactly the frames of one whole-track STFT while keeping the complex spectrogram's memory independent of the audio length.
     """
     wave = _check_wave16k(wave16k).to(torch.float32)
     n_frames = max(1, wave.shape[0] // cfg.hop_length)
     if wave.shape[0] < cfg.n_fft:
         wave = F.pad(wave, (0, cfg.n_fft - wave.shape[0]))
-    half = cfg.n_fft // 2
-    padded = F.pad(wave[None, None], (half, half), mode="reflect")[0, 0]
+    half, total = cfg.n_fft // 2, wave.shape[0]
     window = torch.hann_window(cfg.n_fft, device=wave.device)
     filters = mel_filterbank(cfg).to(wave.device)
     chunks = []
     for j0 in range(0, n_frames, chunk_frames):
         j1 = min(n_frames, j0 + chunk_frames)
-        segment = padded[j0 * cfg.hop_length:(j1 - 1) * cfg.hop_length + cfg.n_fft]
+        # samples [a, b) of the reflect-padded signal, taken from the unpadded one (edges reflected here)
+        a, b = j0 * cfg.hop_length - half, (j1 - 1) * cfg.hop_length + cfg.n_fft - half
+        parts = [wave[max(a, 0):min(b, total)]]
+        if a < 0:  # reflect padding: padded[i] = wave[-i]
+            parts.insert(0, wave[1:1 - a].flip(0))
+        if b > total:  # padded[total + k] = wave[total - 2 - k]
+            parts.append(wave[2 * total - 1 - b:total - 1].flip(0))
+        segment = torch.cat(parts) if len(parts) > 1 else parts[0]
         spec = torch.stft(segment, cfg.n_fft, cfg.hop_length, window=window, center=False, return_complex=True)
         chunks.append(torch.clamp(filters @ spec.abs() ** 2, min=1e-10).log10())
     logspec = torch.cat(chunks, dim=1)
@@ -340,7 +346,12 @@ class SpeechEncoder:
         wave = prepare_waveform(waveform, sample_rate)
         # Count frames on the original samples (the contract: ceil(seconds * fps)), not the resampled ones.
         n = frame_count(int(waveform.shape[-1]), int(sample_rate), fps)
+        return self.encode_prepared(wave, fps, n_frames=n)
+
+    def encode_prepared(self, wave16k: torch.Tensor, fps, *, n_frames: int | None = None) -> torch.Tensor:
+        """Features of an already prepared mono 16 kHz waveform (``prepare_waveform``'s output); no copy
+        of the waveform is made here. ``n_frames`` defaults to ``frame_count(len, 16000, fps)``."""
         if self.config.kind == "wav2vec2":
-            return encode_speech_wav2vec2(self.model, wave, fps, normalize=self.config.normalize,
-                                          max_frames_per_chunk=self.config.max_frames_per_chunk, n_frames=n)
-        return encode_speech_mel(wave, fps, self.config.mel, n_frames=n)
+            return encode_speech_wav2vec2(self.model, wave16k, fps, normalize=self.config.normalize,
+                                          max_frames_per_chunk=self.config.max_frames_per_chunk, n_frames=n_frames)
+        return encode_speech_mel(wave16k, fps, self.config.mel, n_frames=n_frames)

@@ -59,18 +59,20 @@ def guided_model_fn(model, *, portrait: torch.Tensor, audio_tokens: torch.Tensor
     """Build ``model_fn(x_t, t) -> output`` for the samplers, evaluating every guidance branch in one batch.
 
     The portrait context (including a Siamese branch) depends on neither x_t nor t, so it is prepared
-    once here and reused at every step."""
+    once here and reused at every step. The sampler's state stays in its own dtype (fp32); the model
+    runs in its parameters' dtype (e.g. bf16) and its output is returned as fp32."""
     branches = guidance_branches(scales)
     n, b = len(branches), portrait.shape[0]
     dev = portrait.device
     portrait_keep = torch.tensor([p for p, _ in branches], device=dev).repeat_interleave(b)
     audio_keep = torch.tensor([a for _, a in branches], device=dev).repeat_interleave(b)
-    ctx = model.prepare_portrait(portrait.repeat(n, 1, 1, 1), portrait_keep)
-    audio = audio_tokens.repeat(n, 1, 1, 1) * audio_keep.view(-1, 1, 1, 1).to(audio_tokens)
-    mem = None if memory is None else memory.repeat(n, 1, 1, 1, 1)
+    dtype = next(model.parameters()).dtype
+    ctx = model.prepare_portrait(portrait.to(dtype).repeat(n, 1, 1, 1), portrait_keep)
+    audio = audio_tokens.to(dtype).repeat(n, 1, 1, 1) * audio_keep.view(-1, 1, 1, 1).to(dtype)
+    mem = None if memory is None else memory.to(dtype).repeat(n, 1, 1, 1, 1)
 
     def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        out = model(x.repeat(n, 1, 1, 1, 1), t.repeat(n), portrait=ctx, audio_tokens=audio, memory=mem)
+        out = model(x.to(dtype).repeat(n, 1, 1, 1, 1), t.repeat(n), portrait=ctx, audio_tokens=audio, memory=mem).float()
         chunks = out.chunk(n, dim=0)
         eps = combine_guidance([c[:, :eps_channels] for c in chunks], scales)
         return torch.cat([eps, chunks[-1][:, eps_channels:]], dim=1)

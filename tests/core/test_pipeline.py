@@ -107,3 +107,17 @@ def test_other_fusions_generate(portrait_fusion, audio_fusion):
     sink = ListSink()
     g.generate(portrait(), speech_like(0.4), 16000, sink, GenerationSettings(steps=2, guidance={"portrait": 2.0, "audio": 3.0}))
     assert sink.frames().shape == (10, 3, 32, 32)
+
+
+def test_bf16_model_generates_close_to_fp32(full_run):
+    from tests.core.helpers import tiny_parts
+    from letstalk_core.audio.features import SpeechEncoder
+    from letstalk_core.pipeline import LetsTalkGenerator
+
+    cfg, model, dcae = tiny_parts()
+    gen = LetsTalkGenerator(cfg, model, dcae, SpeechEncoder(cfg.speech_encoder), dtype=torch.bfloat16)
+    sink = ListSink()
+    gen.generate(portrait(), speech_like(1.3), 16000, sink, SETTINGS)
+    frames = sink.frames()
+    assert frames.dtype == torch.float32 and torch.isfinite(frames).all()
+    assert (frames - full_run[1].frames()).abs().mean() < 0.05
