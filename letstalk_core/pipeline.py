@@ -236,8 +236,8 @@ class LetsTalkGenerator:
         padded_frames = len(plan) * cfg.video.clip_frames
         # Pad with silence to cover the padded last clip, so its features exist (and are silent).
         need = math.ceil(padded_frames * TARGET_SAMPLE_RATE / fps)
-        wave = F.pad(wave, (0, max(0, need - wave.shape[0])))
-        features = self.speech_encoder.encode_prepared(wave, fps, n_frames=padded_frames).float().cpu()
+        features = self.speech_encoder.encode_prepared(wave, fps, n_frames=padded_frames,
+                                                       pad_to=max(need, wave.shape[0])).float().cpu()
         del wave
         portrait = prepare_portrait_image(image, cfg.video.height, cfg.video.width, size_mode=size_mode,
                                           factor=cfg.dcae.spatial_compression)

@@ -181,20 +181,31 @@ def mel_filterbank(cfg: MelConfig = MelConfig()) -> torch.Tensor:
     return (weights * enorm[:, None]).to(torch.float32)
 
 
-def log_mel(wave16k: torch.Tensor, cfg: MelConfig = MelConfig(), *, chunk_frames: int = 3000) -> torch.Tensor:
+def _zero_extended(wave: torch.Tensor, a: int, b: int) -> torch.Tensor:
+    """Samples ``[a, b)`` (0 <= a <= b) of ``wave`` followed by zeros, without copying the whole track."""
+    real = wave[min(a, wave.shape[0]):min(b, wave.shape[0])]
+    extra = (b - a) - real.shape[0]
+    return real if extra == 0 else torch.cat([real, real.new_zeros(extra)])
+
+
+def log_mel(wave16k: torch.Tensor, cfg: MelConfig = MelConfig(), *, length: int | None = None,
+            chunk_frames: int = 3000) -> torch.Tensor:
     """Whisper log-mel spectrogram ``[n_mels, T // hop]`` of a mono waveform at ``cfg.sample_rate``.
 
     Frame ``k`` is centred on sample ``k * hop`` (``torch.stft(center=True)``, reflect padding).
-    Waveforms shorter than ``n_fft`` are zero-padded first. Silence gives the constant
-    ``(log10(1e-10) + 4) / 4 = -1.5`` (finite). The STFT runs over ``chunk_frames`` frames at a time
-    (30 s by default) on slices of the signal, reflect-padded at the track's ends only, which gives
-    exactly the frames of one whole-track STFT while keeping the complex spectrogram's memory independent of the audio length.
+    ``length`` (>= the waveform's length) treats the signal as zero-padded (silence) to that many
+    samples, without copying it. Signals shorter than ``n_fft`` are zero-padded first. Silence gives the
+    constant ``(log10(1e-10) + 4) / 4 = -1.5`` (finite). The STFT runs over ``chunk_frames`` frames at a
+    time (30 s by default) on slices of the signal, reflect-padded at its ends only, which gives exactly
+    the frames of one whole-track STFT while keeping memory independent of the audio's length.
     """
     wave = _check_wave16k(wave16k).to(torch.float32)
-    n_frames = max(1, wave.shape[0] // cfg.hop_length)
-    if wave.shape[0] < cfg.n_fft:
-        wave = F.pad(wave, (0, cfg.n_fft - wave.shape[0]))
-    half, total = cfg.n_fft // 2, wave.shape[0]
+    total = wave.shape[0] if length is None else int(length)
+    if total < wave.shape[0]:
+        raise ValueError(f"length {total} is shorter than the waveform ({wave.shape[0]} samples).")
+    n_frames = max(1, total // cfg.hop_length)
+    total = max(total, cfg.n_fft)
+    half = cfg.n_fft // 2
     window = torch.hann_window(cfg.n_fft, device=wave.device)
     filters = mel_filterbank(cfg).to(wave.device)
     chunks = []
@@ -202,11 +213,11 @@ def log_mel(wave16k: torch.Tensor, cfg: MelConfig = MelConfig(), *, chunk_frames
         j1 = min(n_frames, j0 + chunk_frames)
         # samples [a, b) of the reflect-padded signal, taken from the unpadded one (edges reflected here)
         a, b = j0 * cfg.hop_length - half, (j1 - 1) * cfg.hop_length + cfg.n_fft - half
-        parts = [wave[max(a, 0):min(b, total)]]
-        if a < 0:  # reflect padding: padded[i] = wave[-i]
-            parts.insert(0, wave[1:1 - a].flip(0))
-        if b > total:  # padded[total + k] = wave[total - 2 - k]
-            parts.append(wave[2 * total - 1 - b:total - 1].flip(0))
+        parts = [_zero_extended(wave, max(a, 0), min(b, total))]
+        if a < 0:  # reflect padding: padded[i] = signal[-i]
+            parts.insert(0, _zero_extended(wave, 1, 1 - a).flip(0))
+        if b > total:  # padded[total + k] = signal[total - 2 - k]
+            parts.append(_zero_extended(wave, 2 * total - 1 - b, total - 1).flip(0))
         segment = torch.cat(parts) if len(parts) > 1 else parts[0]
         spec = torch.stft(segment, cfg.n_fft, cfg.hop_length, window=window, center=False, return_complex=True)
         chunks.append(torch.clamp(filters @ spec.abs() ** 2, min=1e-10).log10())
@@ -228,19 +239,20 @@ def _frame_bounds(n_frames: int, rate: Fraction, fps: Fraction, available: int) 
 
 
 def encode_speech_mel(wave16k: torch.Tensor, fps, cfg: MelConfig = MelConfig(), *,
-                      n_frames: int | None = None) -> torch.Tensor:
+                      n_frames: int | None = None, length: int | None = None) -> torch.Tensor:
     """Log-mel features per video frame ``[n_frames, 1, n_mels]``, ``n_frames = frame_count(len, sr, fps)``.
 
     Video frame ``i`` covers audio ``[i/fps, (i+1)/fps)``; its feature is the mean of the mel frames
     whose centres fall in that interval (at 25 fps: 4 frames of 10 ms). When fps exceeds the mel
     frame rate, or at the very end of the track, the nearest following available frame is used.
+    ``length`` zero-pads the signal (silence) to that many samples without copying it (see ``log_mel``).
     """
     if not isinstance(cfg, MelConfig):
         raise TypeError(f"cfg must be a MelConfig, got {type(cfg).__name__}.")
     wave = _check_wave16k(wave16k)
     fps_q = as_fraction(fps)
-    n_frames = _resolve_frames(n_frames, wave.shape[0], cfg.sample_rate, fps_q)
-    mel = log_mel(wave, cfg).T  # [M, n_mels]
+    n_frames = _resolve_frames(n_frames, wave.shape[0] if length is None else length, cfg.sample_rate, fps_q)
+    mel = log_mel(wave, cfg, length=length).T  # [M, n_mels]
     starts, stops = _frame_bounds(n_frames, cfg.frame_rate, fps_q, mel.shape[0])
     csum = torch.cat([torch.zeros(1, mel.shape[1], device=mel.device, dtype=torch.float64),
                       mel.to(torch.float64).cumsum(0)])
@@ -348,10 +360,16 @@ class SpeechEncoder:
         n = frame_count(int(waveform.shape[-1]), int(sample_rate), fps)
         return self.encode_prepared(wave, fps, n_frames=n)
 
-    def encode_prepared(self, wave16k: torch.Tensor, fps, *, n_frames: int | None = None) -> torch.Tensor:
-        """Features of an already prepared mono 16 kHz waveform (``prepare_waveform``'s output); no copy
-        of the waveform is made here. ``n_frames`` defaults to ``frame_count(len, 16000, fps)``."""
+    def encode_prepared(self, wave16k: torch.Tensor, fps, *, n_frames: int | None = None,
+                        pad_to: int | None = None) -> torch.Tensor:
+        """Features of an already prepared mono 16 kHz waveform (``prepare_waveform``'s output).
+        ``pad_to`` extends the signal with silence to that many samples (the mel path does so without
+        copying the track). ``n_frames`` defaults to ``frame_count(samples, 16000, fps)``."""
+        if pad_to is not None and pad_to < wave16k.shape[0]:
+            raise ValueError(f"pad_to {pad_to} is shorter than the waveform ({wave16k.shape[0]} samples).")
         if self.config.kind == "wav2vec2":
+            if pad_to is not None and pad_to > wave16k.shape[0]:
+                wave16k = F.pad(wave16k, (0, pad_to - wave16k.shape[0]))
             return encode_speech_wav2vec2(self.model, wave16k, fps, normalize=self.config.normalize,
                                           max_frames_per_chunk=self.config.max_frames_per_chunk, n_frames=n_frames)
-        return encode_speech_mel(wave16k, fps, self.config.mel, n_frames=n_frames)
+        return encode_speech_mel(wave16k, fps, self.config.mel, n_frames=n_frames, length=pad_to)

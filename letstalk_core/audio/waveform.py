@@ -219,7 +219,9 @@ def prepare_waveform(waveform, sample_rate, *, target_rate: int = TARGET_SAMPLE_
     averaged (stereo or any multichannel layout, as ComfyUI's ``encode_audio`` does), then the
     signal is resampled with :func:`resample`. Raises ``ValueError`` with an actionable message for
     a batch of several clips, empty or too-short audio (< ``MIN_AUDIO_SECONDS``), NaN/inf samples,
-    or a sample rate outside ``MIN_SAMPLE_RATE..MAX_SAMPLE_RATE``. Silence is valid.
+    or a sample rate outside ``MIN_SAMPLE_RATE..MAX_SAMPLE_RATE``. Silence is valid. A mono float32
+    input already at ``target_rate`` is returned as a view (no copy of a long track); nothing in this
+    package modifies it in place.
     """
     x = _to_tensor(waveform)
     rate = _check_rate(sample_rate, "sample_rate")
@@ -254,5 +256,6 @@ def prepare_waveform(waveform, sample_rate, *, target_rate: int = TARGET_SAMPLE_
             f"The audio is too short: {samples} samples at {rate} Hz = {seconds:.4f} s; at least "
             f"{MIN_AUDIO_SECONDS} s is needed. Use a longer audio clip."
         )
-    mono = x.to(torch.float32).mean(dim=0)
+    x = x.to(torch.float32)
+    mono = x[0] if channels == 1 else x.mean(dim=0)  # mono input: a view, no copy of a long track
     return resample(mono, rate, target).contiguous()

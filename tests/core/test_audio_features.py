@@ -145,3 +145,15 @@ def test_log_mel_in_chunks_equals_one_stft():
     whole = log_mel(wave, chunk_frames=10_000)
     assert whole.shape == (80, 300)
     assert (log_mel(wave, chunk_frames=37) - whole).abs().max() < 1e-5
+
+
+def test_virtual_silence_padding_equals_padding_the_track():
+    import torch
+    import torch.nn.functional as F
+
+    from letstalk_core.audio.features import encode_speech_mel, log_mel
+
+    wave = torch.randn(16000 + 77) * 0.1
+    padded = F.pad(wave, (0, 3000))
+    assert (log_mel(wave, length=padded.shape[0], chunk_frames=11) - log_mel(padded)).abs().max() < 1e-5
+    assert (encode_speech_mel(wave, 25, length=padded.shape[0]) - encode_speech_mel(padded, 25)).abs().max() < 1e-5
