@@ -189,14 +189,14 @@ def _zero_extended(wave: torch.Tensor, a: int, b: int) -> torch.Tensor:
 
 
 def log_mel(wave16k: torch.Tensor, cfg: MelConfig = MelConfig(), *, length: int | None = None,
-            chunk_frames: int = 3000) -> torch.Tensor:
+            chunk_frames: int = 500) -> torch.Tensor:
     """Whisper log-mel spectrogram ``[n_mels, T // hop]`` of a mono waveform at ``cfg.sample_rate``.
 
     Frame ``k`` is centred on sample ``k * hop`` (``torch.stft(center=True)``, reflect padding).
     ``length`` (>= the waveform's length) treats the signal as zero-padded (silence) to that many
     samples, without copying it. Signals shorter than ``n_fft`` are zero-padded first. Silence gives the
     constant ``(log10(1e-10) + 4) / 4 = -1.5`` (finite). The STFT runs over ``chunk_frames`` frames at a
-    time (30 s by default) on slices of the signal, reflect-padded at its ends only, which gives exactly
+    time (5 s by default) on slices of the signal, reflect-padded at its ends only, which gives exactly
     the frames of one whole-track STFT while keeping memory independent of the audio's length.
     """
     wave = _check_wave16k(wave16k).to(torch.float32)
