@@ -14,30 +14,16 @@ import torch
 from torch import nn
 
 from .config import LetsTalkConfig
-from .validation import require_file
+from .validation import check_state_dict, require_file
 
 CONFIG_KEY = "letstalk_config"
 FORMAT_KEY = "letstalk_format"
 FORMAT = "letstalk-checkpoint-v1"
 
 
-def check_state_dict(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
-    """Raise ``ValueError`` listing missing, unexpected or mis-shaped tensors (expected vs file)."""
-    expected = module.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    shapes = [(k, tuple(expected[k].shape), tuple(state[k].shape)) for k in expected
-              if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing tensors (e.g. {', '.join(missing[:3])})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected tensors (e.g. {', '.join(unexpected[:3])})")
-    if shapes:
-        problems.append("mis-shaped tensors: " + "; ".join(f"{k}: model expects {a}, file has {b}" for k, a, b in shapes[:3]))
-    if problems:
-        raise ValueError(f"{what} does not match its config: " + "; ".join(problems)
-                         + ". The file is damaged or belongs to another model; re-export it or pick the right file.")
+def check_module_state(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse ``state`` unless it has exactly ``module``'s tensors with their shapes."""
+    check_state_dict(module.state_dict(), state, source)
 
 
 def save_checkpoint(path, config: LetsTalkConfig, model: nn.Module, *, dcae: nn.Module | None = None,
@@ -93,7 +79,7 @@ def load_transformer(config: LetsTalkConfig, state: dict[str, torch.Tensor], *, 
 
     with torch.device("meta"):
         model = LetsTalkTransformer(config)
-    check_state_dict(model, state, "the transformer in this checkpoint")
+    check_module_state(model, state, "the transformer in this checkpoint")
     model = model.to_empty(device="cpu")
     model.load_state_dict(state, strict=True)
     return model.to(device=device, dtype=dtype).eval()

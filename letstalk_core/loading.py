@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .checkpoint import check_state_dict, load_transformer, read_checkpoint
+from .checkpoint import check_module_state, load_transformer, read_checkpoint
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -55,7 +55,7 @@ def load_generator(checkpoint, *, dcae_path=None, speech_encoder_path=None, devi
                              f"but the model was trained on {config.dcae.latent_channels} at {config.dcae.spatial_compression}×.")
     elif groups["dcae"]:
         dcae = DCAE(config.dcae)
-        check_state_dict(dcae, groups["dcae"], "the autoencoder bundled in this checkpoint")
+        check_module_state(dcae, groups["dcae"], "the autoencoder bundled in this checkpoint")
         dcae.load_state_dict(groups["dcae"])
     else:
         raise ValueError("this checkpoint carries no autoencoder; give its DC-AE file "
@@ -68,7 +68,7 @@ def load_generator(checkpoint, *, dcae_path=None, speech_encoder_path=None, devi
             wav2vec2 = load_wav2vec2(speech_encoder_path)
         elif groups["speech"]:
             wav2vec2 = Wav2Vec2Encoder(config.speech_encoder.wav2vec2)
-            check_state_dict(wav2vec2, groups["speech"], "the speech encoder bundled in this checkpoint")
+            check_module_state(wav2vec2, groups["speech"], "the speech encoder bundled in this checkpoint")
             wav2vec2.load_state_dict(groups["speech"])
         else:
             raise ValueError("this model uses a wav2vec2 speech encoder; give its file "

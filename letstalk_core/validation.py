@@ -4,6 +4,7 @@ expected, what to do. Nothing is silently clamped."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Mapping
 
 import torch
 
@@ -55,3 +56,22 @@ def require_positive(value, name: str, *, integer: bool = False):
     if not value > 0:
         raise ValueError(f"{name} must be > 0, got {value!r}.")
     return value
+
+
+def check_state_dict(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor], source: str,
+                     target: str = "its config") -> None:
+    """``ValueError`` naming the first missing, unexpected and mis-shaped tensors (with both shapes)."""
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    shapes = [f"'{k}': expected {tuple(v.shape)}, file has {tuple(given[k].shape)}"
+              for k, v in expected.items() if k in given and tuple(given[k].shape) != tuple(v.shape)]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing tensors, e.g. {missing[:5]}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected tensors, e.g. {unexpected[:5]}")
+    if shapes:
+        problems.append(f"{len(shapes)} tensors with the wrong shape, e.g. {'; '.join(shapes[:5])}")
+    if problems:
+        raise ValueError(f"{source} does not match {target}: {'; '.join(problems)}. "
+                         "Is it the right file, and the right config/preset for it?")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..validation import require_file
+from ..validation import check_state_dict as check_tensors, require_file
 from .config import DCAE_PRESETS, DCAEConfig, dcae_config_from_diffusers_json, get_dcae_config
 from .dc_ae import DCAE
 
@@ -184,31 +184,9 @@ def _pick_config(found: DCAEConfig | None, explicit: DCAEConfig | None, source: 
     return config
 
 
-def _shape_errors(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor]) -> list[str]:
-    return [
-        f"'{k}': expected {tuple(v.shape)}, file has {tuple(given[k].shape)}"
-        for k, v in expected.items()
-        if k in given and tuple(given[k].shape) != tuple(v.shape)
-    ]
-
-
 def check_state_dict(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor], source: str) -> None:
     """``ValueError`` naming the first missing, unexpected and mis-shaped keys (with both shapes)."""
-    missing = [k for k in expected if k not in given]
-    unexpected = [k for k in given if k not in expected]
-    shapes = _shape_errors(expected, given)
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing tensors, e.g. {missing[:5]}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected tensors, e.g. {unexpected[:5]}")
-    if shapes:
-        problems.append(f"{len(shapes)} tensors with the wrong shape, e.g. {'; '.join(shapes[:5])}")
-    if problems:
-        raise ValueError(
-            f"{source} does not match the DC-AE config: {'; '.join(problems)}. "
-            "Is it the right file, and the right config/preset for it?"
-        )
+    check_tensors(expected, given, source, "the DC-AE config")
 
 
 def load_dcae(

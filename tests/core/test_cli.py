@@ -99,14 +99,14 @@ def test_missing_files_and_bad_checkpoints(files, tmp_path, capsys):
     save_file(missing, str(tmp_path / "missing.safetensors"), metadata=meta)
     assert _generate(d, tmp_path / "missing.safetensors", tmp_path / "o.mp4") == 2
     err = capsys.readouterr().err
-    assert "missing tensors" in err and "blocks.0.attn.qkv" in err
+    assert "1 missing tensors" in err and "blocks.0.attn.qkv" in err
 
     bad = dict(tensors)
     bad[key] = torch.zeros(3, 3)
     save_file(bad, str(tmp_path / "shape.safetensors"), metadata=meta)
     assert _generate(d, tmp_path / "shape.safetensors", tmp_path / "o.mp4") == 2
     err = capsys.readouterr().err
-    assert "model expects (192, 64), file has (3, 3)" in err
+    assert "expected (192, 64), file has (3, 3)" in err
 
     save_file({"dit.x": torch.zeros(1)}, str(tmp_path / "nometa.safetensors"))
     assert _generate(d, tmp_path / "nometa.safetensors", tmp_path / "o.mp4") == 2
