@@ -1,7 +1,6 @@
 """The DiT's borrowed components equal their reference implementations (diffusers) on the same
 random weights: ReLU linear attention (Sana LiteLA), Mix-FFN (GLUMBConv), 2-D sin-cos positions,
 timestep embedding."""
-import numpy as np
 import pytest
 import torch
 
