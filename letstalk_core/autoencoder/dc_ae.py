@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..validation import require_finite, require_positive, require_tensor
+from ..dit.attention import relu_linear_attention
 from .config import DCAEConfig
 
 _ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU}
@@ -75,16 +76,6 @@ class MultiscaleProjection(nn.Module):
         return self.proj_out(self.proj_in(x))
 
 
-def relu_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float) -> torch.Tensor:
-    """``O = Σ_n v_n⟨φk_n, φq_m⟩ / (Σ_n ⟨φk_n, φq_m⟩ + eps)`` with the pad-ones trick (components.md 1.4).
-
-    ``q, k, v``: ``[B, heads, d, N]`` with ReLU already applied to ``q`` and ``k``; cost linear in ``N``.
-    """
-    v = F.pad(v, (0, 0, 0, 1), value=1.0)
-    out = (v @ k.transpose(-1, -2)) @ q
-    return out[:, :, :-1] / (out[:, :, -1:] + eps)
-
-
 def relu_quadratic_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float) -> torch.Tensor:
     """The same function through the explicit ``N×N`` map ``A = kᵀq`` normalised over keys; used by the
     references when ``H·W <= head_dim`` (efficientvit ``relu_quadratic_att``)."""
@@ -128,8 +119,9 @@ class LiteMLA(nn.Module):
         with torch.autocast(device_type=qkv.device.type, enabled=False):
             q, k, v = qkv.float().chunk(3, dim=2)
             q, k = F.relu(q), F.relu(k)
-            if q.shape[-1] > self.head_dim:
-                return relu_linear_attention(q, k, v, self.eps)
+            if q.shape[-1] > self.head_dim:  # channel-first [B, heads, d, N] → the shared token-first kernel
+                t = lambda z: z.transpose(-1, -2)  # noqa: E731
+                return t(relu_linear_attention(t(q), t(k), t(v), self.eps))
             return relu_quadratic_attention(q, k, v, self.eps)
 
 
