@@ -160,7 +160,69 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--perturb", type=float, default=0.02, help="std of noise added to all weights (0 = DiT init)")
     sub.add_parser("params", help="parameter counts of the presets")
+    _add_train(sub)
+    _add_train_dcae(sub)
+    from .data.preprocess import add_preprocess_command
+    from .data.procedural import add_synth_command
+    from .eval.report import add_eval_command
+
+    add_synth_command(sub)
+    add_preprocess_command(sub)
+    add_eval_command(sub)
     return parser
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a LetsTalk model on preprocessed shards (also under torchrun)")
+    p.add_argument("config", help="training config (.json, or .yaml with PyYAML); see letstalk_core/train/config.py")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value (JSON-parsed when possible), e.g. --set steps=200")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (the loss log is still written)")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(a) -> int:
+    from .train.config import load_train_config
+    from .train.loop import EXPORT_NAME, LOG_NAME, train
+
+    cfg = load_train_config(a.config, a.set)
+    record = train(cfg, progress=not a.no_progress)
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        out = Path(cfg.out)
+        print(f"trained to step {record.get('step', cfg.steps)}: loss {record.get('loss', float('nan')):.4f}")
+        print(f"model (EMA weights, DC-AE bundled): {out / EXPORT_NAME}\nloss log: {out / LOG_NAME}")
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
+
+
+def _add_train_dcae(sub) -> None:
+    p = sub.add_parser("train-dcae", help="train the small demo DC-AE on video frames")
+    p.add_argument("videos", nargs="+", help="video files or folders")
+    p.add_argument("--out", required=True, help="output .safetensors")
+    p.add_argument("--preset", default="demo", help="LetsTalk preset whose DC-AE and frame size are trained")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--frame-stride", type=int, default=3, help="keep every n-th frame of each video")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0)
+    p.set_defaults(func=cmd_train_dcae)
+
+
+def cmd_train_dcae(a) -> int:
+    from .train.autoencoder import AutoencoderTrainConfig, train_autoencoder
+
+    cfg = AutoencoderTrainConfig(videos=tuple(a.videos), out=a.out, preset=a.preset, steps=a.steps,
+                                 batch_size=a.batch_size, lr=a.lr, frame_stride=a.frame_stride, seed=a.seed,
+                                 threads=a.threads)
+    summary = train_autoencoder(cfg)
+    print(f"DC-AE: {a.out}  (PSNR {summary['psnr_db']:.2f} dB on {summary['frames_in_pool']} training frames, "
+          f"scaling factor {1 / summary['latent_std']:.4f}, {summary['seconds']:.0f} s)")
+    print(f"model config with this DC-AE: {Path(a.out).with_suffix('.model_config.json')}")
+    return 0
 
 
 COMMANDS = {"generate": cmd_generate, "info": cmd_info, "init": cmd_init, "params": cmd_params}
@@ -169,7 +231,8 @@ COMMANDS = {"generate": cmd_generate, "info": cmd_info, "init": cmd_init, "param
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        func = COMMANDS.get(args.command) or args.func
+        return func(args)
     except (ValueError, TypeError, FileNotFoundError, IsADirectoryError) as e:
         print(f"letstalk {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -272,8 +272,48 @@ def _tiny_config(**dit_overrides) -> LetsTalkConfig:
     )
 
 
+def demo_dcae_config():
+    """The demo DC-AE: the sana structure (residual stages, then EfficientViT stages) at 64×64 px,
+    8× compression to 16 latent channels (8×8 latents). ``scaling_factor`` is set by its trainer to
+    1/std of the training latents (as the published DC-AEs), so the diffusion sees unit-scale latents."""
+    from .autoencoder.config import DCAEConfig
+
+    return DCAEConfig(
+        latent_channels=16, attention_head_dim=16,
+        encoder_block_types=("ResBlock", "ResBlock", "EfficientViTBlock", "EfficientViTBlock"),
+        decoder_block_types=("ResBlock", "ResBlock", "EfficientViTBlock", "EfficientViTBlock"),
+        encoder_block_out_channels=(24, 48, 96, 96), decoder_block_out_channels=(24, 48, 96, 96),
+        encoder_layers_per_block=(1, 1, 1, 1), decoder_layers_per_block=(1, 2, 2, 2),
+        encoder_qkv_multiscales=((), (), (5,), (5,)), decoder_qkv_multiscales=((), (), (5,), (5,)),
+        upsample_block_type="interpolate", downsample_block_type="conv",
+        decoder_norm_types="rms_norm", decoder_act_fns="silu", scaling_factor=1.0,
+    )
+
+
+def _demo_config(**dit_overrides) -> LetsTalkConfig:
+    """The shipped demo model: 64×64 px at 25 fps, 16-frame clips with 2 memory frames (as the
+    authors' sample.yaml), log-mel audio (80 bins, trainable from scratch), a 4-block DiT."""
+    from .audio.features import MelConfig, SpeechEncoderConfig
+    from .audio.projector import AudioProjectorConfig
+
+    dcae = demo_dcae_config()
+    dit = dict(depth=4, hidden_size=128, temporal_heads=4, linear_head_dim=32, mlp_ratio=2.5,
+               in_channels=dcae.latent_channels, audio_dim=128)
+    dit.update(dit_overrides)
+    mel = MelConfig(n_mels=80)
+    return LetsTalkConfig(
+        dit=DiTConfig(**dit),
+        speech_encoder=SpeechEncoderConfig(kind="mel", mel=mel),
+        audio_projector=AudioProjectorConfig(window=5, layers=1, channels=mel.n_mels, hidden=256, tokens=8,
+                                             out_dim=dit["audio_dim"]),
+        memory=MemoryConfig(frames=2),
+        video=VideoConfig(fps=25.0, clip_frames=16, height=8 * dcae.spatial_compression, width=8 * dcae.spatial_compression),
+        dcae=dcae,
+    )
+
+
 def preset_names() -> list[str]:
-    return sorted([*DIT_PRESETS, "tiny"])
+    return sorted([*DIT_PRESETS, "demo", "tiny"])
 
 
 def get_preset(name: str, **dit_overrides) -> LetsTalkConfig:
@@ -281,6 +321,8 @@ def get_preset(name: str, **dit_overrides) -> LetsTalkConfig:
     512 px, 25 fps, 16-frame clips, 2 memory frames (letstalk_memo.md §1.4, §1.5, §1.7)."""
     if name == "tiny":
         return _tiny_config(**dit_overrides)
+    if name == "demo":
+        return _demo_config(**dit_overrides)
     if name not in DIT_PRESETS:
         raise ValueError(f"unknown preset {name!r}; available presets: {', '.join(preset_names())}.")
     return LetsTalkConfig(dit=DiTConfig(**{**DIT_PRESETS[name], **dit_overrides}))
