@@ -169,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_synth_command(sub)
     add_preprocess_command(sub)
     add_eval_command(sub)
+    from .demo import add_demo_command
+
+    add_demo_command(sub)
     return parser
 
 
