@@ -65,9 +65,9 @@ def run_demo_command(a) -> int:
     from .eval.report import evaluate_video
     from .io.audio_file import load_audio
     from .io.image import load_image
-    from .io.video import VideoWriter
     from .loading import load_generator
-    from .pipeline import GenerationSettings
+    from .audio.waveform import frame_count
+    from .pipeline import GenerationSettings, plan_clips, write_video
 
     out = Path(a.out)
     ckpt = Path(a.checkpoint) if a.checkpoint else demo_model_path()
@@ -82,18 +82,14 @@ def run_demo_command(a) -> int:
                                   guidance=GuidanceScales(portrait=a.portrait_scale, audio=a.audio_scale))
     video = out / "demo.mp4"
     t0 = time.perf_counter()
-    prepared = gen.prepare(image, wave, rate)
-    with VideoWriter(video, cfg.video.fps, audio=wave, audio_rate=rate,
-                     metadata={"comment": f"LetsTalk demo, model {ckpt.name}"}) as writer, \
-            tqdm(total=len(prepared.plan), desc="clips", unit="clip", dynamic_ncols=True) as bar:
-        for clip, latents, _ in gen.iter_clips(prepared, settings):
-            for frames in gen.decode_clip(latents, clip, settings.decode_chunk):
-                writer.write(frames)
-            bar.update(1)
+    plan = plan_clips(frame_count(int(wave.shape[-1]), rate, cfg.video.fps), cfg.video.clip_frames)
+    with tqdm(total=len(plan), desc="clips", unit="clip", dynamic_ncols=True) as bar:
+        prepared = write_video(gen, image, wave, rate, video, settings, on_clip=lambda clip: bar.update(1),
+                               metadata={"comment": f"LetsTalk demo, model {ckpt.name}"})
     took = time.perf_counter() - t0
     m = evaluate_video(video, clip_frames=cfg.video.clip_frames, truth_mouth=np.asarray(truth.tracks["mouth_open"]),
                        measure_mouth=measure_mouth_opening, portrait=truth.portrait())
-    print(f"{prepared.num_frames} frames ({prepared.seconds:.2f} s at {cfg.video.fps:g} fps) in {took:.0f} s "
+    print(f"{prepared.num_frames} frames ({prepared.audio_seconds:.2f} s at {cfg.video.fps:g} fps) in {took:.0f} s "
           f"({1000 * took / prepared.num_frames:.0f} ms/frame)")
     print(f"lip sync vs. the speech's ground truth: r = {m['lipsync_corr']:.2f} at lag {m['lipsync_best_lag']}; "
           f"clip-boundary jump {m['boundary_jump_ratio']:.2f}x the within-clip change")

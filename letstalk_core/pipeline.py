@@ -312,3 +312,20 @@ class LetsTalkGenerator:
             if on_state is not None:
                 on_state(new_state)
         return prepared
+
+
+def write_video(generator: LetsTalkGenerator, image: torch.Tensor, waveform, sample_rate: int, path,
+                settings: GenerationSettings = GenerationSettings(), *, on_clip: Callable[[ClipPlan], None] | None = None,
+                metadata: dict[str, str] | None = None) -> PreparedInputs:
+    """Generate straight into an mp4 with the input's sound (streamed: clips are decoded and encoded
+    as they finish). ``on_clip`` is called after each clip (progress)."""
+    from .io.video import VideoWriter
+
+    prepared = generator.prepare(image, waveform, sample_rate)
+    with VideoWriter(path, generator.config.video.fps, audio=waveform, audio_rate=sample_rate, metadata=metadata) as writer:
+        for clip, latents, _ in generator.iter_clips(prepared, settings):
+            for frames in generator.decode_clip(latents, clip, settings.decode_chunk):
+                writer.write(frames)
+            if on_clip is not None:
+                on_clip(clip)
+    return prepared
