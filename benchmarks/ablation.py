@@ -32,9 +32,9 @@ WORST = {"face_de_max": max, "hair_de_max": max, "lipsync_best_lag": lambda v: m
 
 def _score(video: Path, truth_json: Path, clip_frames: int) -> dict:
     from letstalk_core.data.procedural import measure_mouth_opening
-    from letstalk_core.eval.report import evaluate_video, load_truth
+    from letstalk_core.eval.report import evaluate_video, load_eval_truth
 
-    truth = load_truth(truth_json)
+    truth = load_eval_truth(truth_json)
     return evaluate_video(video, clip_frames=clip_frames, portrait=truth["portrait"], masks=truth["masks"],
                           truth_mouth=truth["mouth"], measure_mouth=measure_mouth_opening)
 

@@ -34,45 +34,54 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return table[dtype]
 
 
-def load_generator(checkpoint, *, dcae_path=None, speech_encoder_path=None, device="auto", dtype="auto"):
-    """Load a generator from a LetsTalk checkpoint. The DC-AE and the wav2vec2 encoder come from the
-    checkpoint when bundled (``dcae.*``/``speech.*``), otherwise from the given files."""
+def load_parts(config, dcae_state: dict | None = None, speech_state: dict | None = None, *, dcae_path=None,
+               speech_encoder_path=None, device: torch.device = torch.device("cpu")):
+    """The DC-AE and speech encoder a model config needs: from the given files, else from the state
+    dicts bundled in a checkpoint (``dcae.*``/``speech.*``). Returns ``(dcae, SpeechEncoder)``; the
+    DC-AE in float32 on ``device`` (the caller casts it), eval mode."""
     from .audio.features import SpeechEncoder
     from .audio.wav2vec2 import Wav2Vec2Encoder, load_wav2vec2
     from .autoencoder.checkpoint import load_dcae
     from .autoencoder.dc_ae import DCAE
-    from .pipeline import LetsTalkGenerator
-
-    dev = pick_device(device)
-    dt = pick_dtype(dtype, dev) if isinstance(dtype, str) else dtype
-    config, groups, _ = read_checkpoint(checkpoint)
-    model = load_transformer(config, groups["dit"], device=dev, dtype=dt)
+    from .checkpoint import check_module_state
 
     if dcae_path is not None:
         dcae = load_dcae(dcae_path, config.dcae)
         if dcae.config.latent_channels != config.dcae.latent_channels or dcae.config.spatial_compression != config.dcae.spatial_compression:
             raise ValueError(f"the DC-AE file gives {dcae.config.latent_channels} channels at {dcae.config.spatial_compression}× "
                              f"but the model was trained on {config.dcae.latent_channels} at {config.dcae.spatial_compression}×.")
-    elif groups["dcae"]:
+    elif dcae_state:
         dcae = DCAE(config.dcae)
-        check_module_state(dcae, groups["dcae"], "the autoencoder bundled in this checkpoint")
-        dcae.load_state_dict(groups["dcae"])
+        check_module_state(dcae, dcae_state, "the autoencoder bundled in this checkpoint")
+        dcae.load_state_dict(dcae_state)
     else:
-        raise ValueError("this checkpoint carries no autoencoder; give its DC-AE file "
+        raise ValueError("no autoencoder weights: give the DC-AE file (--dcae) "
                          f"(config: {config.dcae.latent_channels} latent channels, {config.dcae.spatial_compression}×).")
-    dcae = dcae.to(dev, torch.float32 if dev.type == "cpu" else dt).eval()
-
     wav2vec2 = None
     if config.speech_encoder.kind == "wav2vec2":
         if speech_encoder_path is not None:
             wav2vec2 = load_wav2vec2(speech_encoder_path)
-        elif groups["speech"]:
+        elif speech_state:
             wav2vec2 = Wav2Vec2Encoder(config.speech_encoder.wav2vec2)
-            check_module_state(wav2vec2, groups["speech"], "the speech encoder bundled in this checkpoint")
-            wav2vec2.load_state_dict(groups["speech"])
+            check_module_state(wav2vec2, speech_state, "the speech encoder bundled in this checkpoint")
+            wav2vec2.load_state_dict(speech_state)
         else:
             raise ValueError("this model uses a wav2vec2 speech encoder; give its file "
                              "(e.g. wav2vec2-base-960h model.safetensors) with --speech-encoder.")
-        wav2vec2 = wav2vec2.to(dev).eval()
-    speech = SpeechEncoder(config.speech_encoder, wav2vec2)
+        wav2vec2 = wav2vec2.to(device).eval()
+    return dcae.to(device, torch.float32).eval(), SpeechEncoder(config.speech_encoder, wav2vec2)
+
+
+def load_generator(checkpoint, *, dcae_path=None, speech_encoder_path=None, device="auto", dtype="auto"):
+    """Load a generator from a LetsTalk checkpoint. The DC-AE and the wav2vec2 encoder come from the
+    checkpoint when bundled (``dcae.*``/``speech.*``), otherwise from the given files."""
+    from .pipeline import LetsTalkGenerator
+
+    dev = pick_device(device)
+    dt = pick_dtype(dtype, dev) if isinstance(dtype, str) else dtype
+    config, groups, _ = read_checkpoint(checkpoint)
+    model = load_transformer(config, groups["dit"], device=dev, dtype=dt)
+    dcae, speech = load_parts(config, groups["dcae"], groups["speech"], dcae_path=dcae_path,
+                              speech_encoder_path=speech_encoder_path, device=dev)
+    dcae = dcae.to(dev, torch.float32 if dev.type == "cpu" else dt)
     return LetsTalkGenerator(config, model, dcae, speech, device=dev, dtype=dt)

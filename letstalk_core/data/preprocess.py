@@ -177,41 +177,15 @@ def load_preprocess_models(checkpoint_or_config, *, dcae_path=None, speech_encod
     finds them: the DC-AE from ``dcae_path`` or bundled in the checkpoint (``dcae.*``), the wav2vec2
     weights (wav2vec2 configs only) from ``speech_encoder_path`` or bundled (``speech.*``). The DC-AE
     runs in float32 (bf16 on CUDA would change the latents a model is trained on)."""
-    from ..audio.features import SpeechEncoder
-    from ..audio.wav2vec2 import Wav2Vec2Encoder, load_wav2vec2
-    from ..autoencoder.checkpoint import load_dcae
-    from ..autoencoder.dc_ae import DCAE
-    from ..checkpoint import check_module_state
-    from ..loading import pick_device
+    from ..loading import load_parts, pick_device
 
     dev = pick_device(device)
     config, checkpoint = _load_config(checkpoint_or_config)
-    if dcae_path is not None:
-        dcae = load_dcae(dcae_path, config.dcae)
-    elif checkpoint is not None and (state := _bundled(checkpoint, "dcae.")):
-        dcae = DCAE(config.dcae)
-        check_module_state(dcae, state, "the autoencoder bundled in this checkpoint")
-        dcae.load_state_dict(state)
-    else:
-        raise ValueError("no DC-AE weights: give --dcae DCAE.safetensors (the checkpoint/config carries none; "
-                         f"config: {config.dcae.latent_channels} latent channels, {config.dcae.spatial_compression}×).")
-    if dcae.config.latent_channels != config.dcae.latent_channels or \
-            dcae.config.spatial_compression != config.dcae.spatial_compression:
-        raise ValueError(f"the DC-AE file gives {dcae.config.latent_channels} channels at {dcae.config.spatial_compression}× "
-                         f"but the config expects {config.dcae.latent_channels} at {config.dcae.spatial_compression}×.")
-    wav2vec2 = None
-    if config.speech_encoder.kind == "wav2vec2":
-        if speech_encoder_path is not None:
-            wav2vec2 = load_wav2vec2(speech_encoder_path)
-        elif checkpoint is not None and (state := _bundled(checkpoint, "speech.")):
-            wav2vec2 = Wav2Vec2Encoder(config.speech_encoder.wav2vec2)
-            check_module_state(wav2vec2, state, "the speech encoder bundled in this checkpoint")
-            wav2vec2.load_state_dict(state)
-        else:
-            raise ValueError("this config uses a wav2vec2 speech encoder; give its weights with --speech-encoder "
-                             "(e.g. wav2vec2-base-960h model.safetensors).")
-        wav2vec2 = wav2vec2.to(dev).eval()
-    return config, dcae.to(dev, torch.float32).eval(), SpeechEncoder(config.speech_encoder, wav2vec2)
+    dcae_state = _bundled(checkpoint, "dcae.") if checkpoint is not None and dcae_path is None else None
+    speech_state = _bundled(checkpoint, "speech.") if checkpoint is not None and speech_encoder_path is None else None
+    dcae, speech = load_parts(config, dcae_state, speech_state, dcae_path=dcae_path,
+                              speech_encoder_path=speech_encoder_path, device=dev)
+    return config, dcae, speech
 
 
 # --------------------------------------------------------------------------------------------- one video

@@ -237,7 +237,7 @@ def _read_png_labels(path: Path) -> np.ndarray:
         return np.asarray(im).astype(np.int64)
 
 
-def load_truth(path, erode_pixels: int = 3) -> dict:
+def load_eval_truth(path, erode_pixels: int = 3) -> dict:
     """Read a procedural-dataset ground-truth JSON: ``{"fps", "mouth", "portrait", "masks", "video"}``.
 
     ``mouth`` is ``tracks.mouth_open`` (float ``[F]``), ``portrait`` the uint8 portrait PNG,
@@ -300,7 +300,7 @@ def run_eval_command(args) -> int:
     kwargs: dict = {"clip_frames": args.clip_frames, "chunk": args.chunk,
                     "window_seconds": args.window_seconds, "max_lag": args.max_lag}
     if args.truth:
-        truth = load_truth(args.truth, erode_pixels=args.erode)
+        truth = load_eval_truth(args.truth, erode_pixels=args.erode)
         kwargs.update(portrait=truth["portrait"], masks=truth["masks"], truth_mouth=truth["mouth"],
                       measure_mouth=_procedural_mouth_measure())
     if args.portrait:

@@ -15,7 +15,7 @@ from letstalk_core.eval.report import (
     evaluate_video,
     format_table,
     iter_video_chunks,
-    load_truth,
+    load_eval_truth,
 )
 
 # ------------------------------------------------------------------------------------------------
@@ -364,7 +364,7 @@ def test_evaluate_video_end_to_end(talking):
 
 def test_eval_command_with_truth(talking, monkeypatch, capsys):
     d, _, _ = talking
-    truth = load_truth(d / "talk.json")
+    truth = load_eval_truth(d / "talk.json")
     assert set(truth["masks"]) == {"face", "hair"} and truth["portrait"].shape == (SIZE, SIZE, 3)
     assert truth["masks"]["hair"].sum() == 4 * 34  # 10 x 40 label area eroded by 3 px
     monkeypatch.setattr(R, "_procedural_mouth_measure", lambda: _measure)
