@@ -99,10 +99,12 @@ def wrap_model(model: nn.Module, info: DistInfo, strategy: str) -> nn.Module:
     net = TrainingDenoiser(model)
     if info.world == 1:
         return net
-    if strategy == "fsdp":
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    if strategy == "fsdp":  # FSDP2: every block is its own shard unit (works with gloo on CPU too)
+        from torch.distributed.fsdp import fully_shard
 
-        return FSDP(net, device_id=info.device if info.device.type == "cuda" else None, use_orig_params=True)
+        for block in model.blocks:
+            fully_shard(block)
+        return fully_shard(net)
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     return DDP(net, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
@@ -125,18 +127,21 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 # --- EMA -------------------------------------------------------------------------------------------
+def _is_sharded(net: nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(net, FSDPModule)
+
+
 def full_state_dict(net: nn.Module) -> dict[str, torch.Tensor]:
-    """The unwrapped model's full state dict (gathered under FSDP)."""
-    inner = net.module if hasattr(net, "module") else net
-    try:
-        from torch.distributed.fsdp import FullStateDictConfig, FullyShardedDataParallel as FSDP, StateDictType
-    except ImportError:  # pragma: no cover
-        FSDP = None
-    if FSDP is not None and isinstance(net, FSDP):
-        with FSDP.state_dict_type(net, StateDictType.FULL_STATE_DICT, FullStateDictConfig(offload_to_cpu=True, rank0_only=False)):
-            state = net.state_dict()
+    """The unwrapped model's full state dict (gathered on every rank under FSDP)."""
+    if _is_sharded(net):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(net, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         return {k.removeprefix("model."): v for k, v in state.items()}
-    return {k: v for k, v in inner.model.state_dict().items()}
+    inner = net.module if hasattr(net, "module") else net
+    return dict(inner.model.state_dict())
 
 
 @torch.no_grad()
@@ -234,7 +239,10 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
     net = wrap_model(model, info, cfg.strategy)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if ck is not None:
-        opt.load_state_dict(_optim_state_to_load(net, opt, ck["optimizer"]) if fsdp else ck["optimizer"])
+        if fsdp:
+            _load_optim_state(net, opt, ck["optimizer"])
+        else:
+            opt.load_state_dict(ck["optimizer"])
     if info.main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(cfg.to_json())
@@ -265,11 +273,9 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
             loss = terms["loss"].mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            if cfg.grad_clip > 0:
-                gn = (net.clip_grad_norm_(cfg.grad_clip) if hasattr(net, "clip_grad_norm_")
-                      else torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip))
-            else:
-                gn = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in net.parameters() if p.grad is not None]))
+            gn = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+            if hasattr(gn, "full_tensor"):  # a DTensor under FSDP
+                gn = gn.full_tensor()
             opt.step()
             ema_update(ema, full_state_dict(net) if fsdp else model.state_dict(), cfg.ema_decay if step > 0 else 0.0)
             step += 1
@@ -312,15 +318,15 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
 
 
 def _optim_state_to_save(net, opt) -> dict:
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-    return FSDP.optim_state_dict(net, opt)
+    return get_optimizer_state_dict(net, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-def _optim_state_to_load(net, opt, state) -> dict:
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+def _load_optim_state(net, opt, state) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-    return FSDP.optim_state_dict_to_load(net, opt, state)
+    set_optimizer_state_dict(net, opt, state, options=StateDictOptions(full_state_dict=True))
 
 
 def _prune(out: Path, keep: int) -> None:
