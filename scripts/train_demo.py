@@ -13,7 +13,7 @@ Stages (each skipped when its output exists, so an interrupted build continues):
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import shlex
 import subprocess
 import sys
@@ -26,8 +26,8 @@ TRAIN_DATA = dict(count=320, seconds=10, seed=1000)
 HELDOUT_DATA = dict(count=4, seconds=60, seed=9000)
 
 
-def commands(work: Path, steps: int) -> list[list[str]]:
-    lt = [sys.executable, "-m", "letstalk_core.cli"]
+def commands(work: Path, steps: int, threads: int) -> list[list[str]]:
+    lt = [sys.executable, "-m", "letstalk_core.cli"]  # = the `letstalk` command of this environment
     return [
         lt + ["synth", "--out", str(work / "train"), "--count", str(TRAIN_DATA["count"]), "--seconds",
               str(TRAIN_DATA["seconds"]), "--seed", str(TRAIN_DATA["seed"]), "--workers", "2"],
@@ -38,23 +38,26 @@ def commands(work: Path, steps: int) -> list[list[str]]:
         lt + ["preprocess", str(work / "train"), "--out", str(work / "shards"), "--config",
               str(work / "dcae.model_config.json"), "--dcae", str(work / "dcae.safetensors"), "--detector", "none",
               "--workers", "2", "--keep-frames"],
-        lt + ["train", str(ROOT / "configs" / "demo_train.json"), "--set", f"data={work / 'shards'}",
+        lt + ["train", "configs/demo_train.json", "--set", f"data={work / 'shards'}",
               "--set", f"out={work / 'run'}", "--set", f"dcae={work / 'dcae.safetensors'}",
-              "--set", f"model={work / 'dcae.model_config.json'}", "--set", f"steps={steps}"],
+              "--set", f"model={work / 'dcae.model_config.json'}", "--set", f"steps={steps}",
+              "--set", f"threads={threads}", "--no-progress"],
     ]
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--work", default=str(ROOT / "outputs" / "demo-build"))
+    ap.add_argument("--work", default="outputs/demo-build", help="build folder (relative to the repository)")
     ap.add_argument("--steps", type=int, default=6000, help="DiT training steps")
-    ap.add_argument("--out", default=str(ROOT / "models" / "letstalk-demo.safetensors"))
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads for the DiT training (0 = torch's default)")
+    ap.add_argument("--out", default="models/letstalk-demo.safetensors")
     ap.add_argument("--only", type=int, nargs="*", help="run only these stage numbers (1-5)")
     a = ap.parse_args()
+    os.chdir(ROOT)
     work = Path(a.work)
     outputs = [work / "train" / "manifest.json", work / "heldout" / "manifest.json", work / "dcae.safetensors",
                work / "shards" / "index.json", None]
-    cmds = commands(work, a.steps)
+    cmds = commands(work, a.steps, a.threads)
     for i, (cmd, done) in enumerate(zip(cmds, outputs), 1):
         if a.only and i not in a.only:
             continue
