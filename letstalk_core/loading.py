@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .checkpoint import check_module_state, load_transformer, read_checkpoint
+from .checkpoint import load_transformer, read_checkpoint
 
 
 def pick_device(device: str = "auto") -> torch.device:

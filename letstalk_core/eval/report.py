@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from ..io.video import iter_video_chunks
 from .metrics import (
     BoundaryJumpAccumulator,
     ColourDriftAccumulator,
@@ -34,32 +35,6 @@ DEFAULT_COLUMNS = (
 )
 #: Label values of the procedural dataset's label PNG used as colour-drift regions.
 TRUTH_REGIONS = {"face": 1, "hair": 2}
-
-
-def iter_video_chunks(path, chunk: int = 256) -> Iterator[np.ndarray]:
-    """Decode ``path`` once, yielding uint8 ``[n, H, W, 3]`` RGB chunks of at most ``chunk`` frames.
-
-    The frames are exactly those of :func:`letstalk_core.io.video.read_video_frames` (same stream,
-    same ``rgb24`` conversion), but the file is decoded a single time; calling ``read_video_frames``
-    with ``start=k*chunk`` would decode from the beginning for every chunk (quadratic in length).
-    """
-    from ..io.audio_file import _open
-    from ..validation import require_file
-
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-        raise ValueError(f"chunk must be an integer >= 1 (frames decoded at a time), got {chunk!r}.")
-    p = require_file(path, "Video file")
-    with _open(p, "video file") as container:
-        if not container.streams.video:
-            raise ValueError(f"'{p}' has no video stream.")
-        buffer: list[np.ndarray] = []
-        for frame in container.decode(container.streams.video[0]):
-            buffer.append(frame.to_ndarray(format="rgb24"))
-            if len(buffer) == chunk:
-                yield np.stack(buffer)
-                buffer = []
-        if buffer:
-            yield np.stack(buffer)
 
 
 def _finite_or_none(value):

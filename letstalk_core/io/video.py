@@ -15,6 +15,7 @@ so far, with the audio they cover.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -321,3 +322,26 @@ def read_video_frames(path, *, start: int = 0, count: int | None = None) -> torc
         raise ValueError(f"'{p}' has no frames in the range start={start}, count={count}.")
     pixels = torch.stack(images).permute(0, 3, 1, 2).float()
     return pixels / 127.5 - 1.0
+
+
+def iter_video_chunks(path, chunk: int = 256) -> Iterator[np.ndarray]:
+    """Decode ``path`` once, yielding uint8 ``[n, H, W, 3]`` RGB chunks of at most ``chunk`` frames.
+
+    The frames are exactly those of :func:`letstalk_core.io.video.read_video_frames` (same stream,
+    same ``rgb24`` conversion), but the file is decoded a single time; calling ``read_video_frames``
+    with ``start=k*chunk`` would decode from the beginning for every chunk (quadratic in length).
+    """
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk must be an integer >= 1 (frames decoded at a time), got {chunk!r}.")
+    p = require_file(path, "Video file")
+    with _open(p, "video file") as container:
+        if not container.streams.video:
+            raise ValueError(f"'{p}' has no video stream.")
+        buffer: list[np.ndarray] = []
+        for frame in container.decode(container.streams.video[0]):
+            buffer.append(frame.to_ndarray(format="rgb24"))
+            if len(buffer) == chunk:
+                yield np.stack(buffer)
+                buffer = []
+        if buffer:
+            yield np.stack(buffer)
