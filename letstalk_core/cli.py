@@ -21,7 +21,7 @@ def _add_generate(sub) -> None:
     p.add_argument("--out", required=True, help="output .mp4")
     p.add_argument("--dcae", help="DC-AE weights, when the checkpoint does not bundle them")
     p.add_argument("--speech-encoder", help="wav2vec2 weights, when the model uses wav2vec2 and does not bundle them")
-    p.add_argument("--sampler", default="ddim", help="ddim, ddpm (for DDPM models) or euler (for flow models)")
+    p.add_argument("--sampler", default="auto", help="auto (ddim for DDPM models, euler for flow models), ddim, ddpm or euler")
     p.add_argument("--steps", type=int, default=25, help="sampling steps per clip")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--audio-scale", type=float, default=1.0, help="audio guidance scale (1 = off)")

@@ -61,7 +61,7 @@ class GenerationSettings:
     and whether the memory bank is used (False: every clip sees the portrait as memory, i.e. clips are
     generated independently — the memory ablation)."""
 
-    sampler: str = "ddim"
+    sampler: str = "auto"  # ddim for DDPM models, euler for flow models
     steps: int = 25
     seed: int = 0
     guidance: GuidanceScales = field(default_factory=GuidanceScales)

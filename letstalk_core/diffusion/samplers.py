@@ -179,10 +179,16 @@ def valid_samplers(schedule: Schedule) -> list[str]:
     return [name for name, obj in _OBJECTIVE_OF.items() if obj == schedule.kind]
 
 
+AUTO_SAMPLER = {"ddpm": "ddim", "flow": "euler"}
+
+
 def get_sampler(name: str, schedule: Schedule) -> Callable[..., torch.Tensor]:
-    """The sampler called ``name``, checked against ``schedule``'s objective."""
+    """The sampler called ``name``, checked against ``schedule``'s objective. ``"auto"`` picks the
+    objective's usual one: DDIM for DDPM models, Euler for flow models."""
     if not isinstance(schedule, Schedule):
         raise TypeError(f"get_sampler: schedule must come from make_schedule, got {type(schedule).__name__}.")
+    if name == "auto":
+        name = AUTO_SAMPLER[schedule.kind]
     valid = valid_samplers(schedule)
     if name not in SAMPLERS:
         raise ValueError(

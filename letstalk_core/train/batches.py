@@ -19,6 +19,7 @@ import torch
 
 from ..audio.windows import frame_windows_range
 from ..config import LetsTalkConfig
+from ..diffusion.flow import sample_sigmas
 from ..memory.noise import add_latent_noise, add_pixel_noise, spatial_mask
 
 
@@ -84,7 +85,7 @@ class Batch:
     memory: torch.Tensor  # [b, C, f, h, w] (regularised) memory latents
     portrait: torch.Tensor  # [b, C, h, w] reference latents
     windows: torch.Tensor  # [b, F, 2m+1, L, D] audio windows
-    t: torch.Tensor  # [b] timesteps
+    t: torch.Tensor  # [b] timesteps (DDPM, long) or noise levels σ ∈ (0, 1) (flow, float)
     noise: torch.Tensor  # [b, C, F, h, w]
     portrait_keep: torch.Tensor  # [b] bool
     audio_keep: torch.Tensor  # [b] bool
@@ -108,13 +109,15 @@ def _to_unit(frames_u8: torch.Tensor) -> torch.Tensor:
 
 class BatchBuilder:
     """Builds the training batch of a step: sampling, noise regularisation of the memory, condition
-    dropout, diffusion timesteps and noise."""
+    dropout, diffusion timesteps (or flow noise levels) and noise. ``alphas_cumprod`` is the DDPM
+    schedule whose first 50 steps set the memory's latent noise (§1.7), also for flow models."""
 
     def __init__(self, source: ShardSource, config: LetsTalkConfig, *, seed: int, alphas_cumprod: torch.Tensor,
-                 num_timesteps: int, p_drop_portrait: float, p_drop_audio: float, p_drop_both: float,
+                 num_timesteps: int, objective: str = "ddpm", flow_shift: float = 1.0, p_drop_portrait: float, p_drop_audio: float, p_drop_both: float,
                  p_memory_from_portrait: float, noise_regularisation: bool, dcae=None):
         self.source, self.config, self.seed = source, config, seed
         self.alphas_cumprod, self.num_timesteps = alphas_cumprod, num_timesteps
+        self.objective, self.flow_shift = objective, flow_shift
         self.p = (p_drop_portrait, p_drop_audio, p_drop_both, p_memory_from_portrait)
         self.noise_regularisation = noise_regularisation
         self.pixel_noise = noise_regularisation and config.memory.pixel_noise and source.has_frames and dcae is not None
@@ -150,7 +153,10 @@ class BatchBuilder:
         both = bool(u[2] < self.p[2])
         s["portrait_keep"] = not (both or bool(u[0] < self.p[0]))
         s["audio_keep"] = not (both or bool(u[1] < self.p[1]))
-        s["t"] = int(torch.randint(0, self.num_timesteps, (1,), generator=gen))
+        if self.objective == "flow":  # σ ~ logit-normal (SD3), continuous
+            s["t"] = float(sample_sigmas(1, gen, shift=self.flow_shift)[0])
+        else:  # t ~ U{0, …, T−1}
+            s["t"] = int(torch.randint(0, self.num_timesteps, (1,), generator=gen))
         s["noise"] = torch.randn(s["target"].shape, generator=gen)
         s["gen"] = gen
         return s

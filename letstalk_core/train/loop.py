@@ -2,7 +2,8 @@
 
 Per step (letstalk_memo.md §1.7–§1.9): build this process's share of the global batch
 (:mod:`.batches`), run the denoiser on ``x_t = q_sample(x0, t, ε)``, take the hybrid loss
-(``mse + vb``, ADM ``training_losses``), average gradients over processes, clip, AdamW, and update
+(``mse + vb``, ADM ``training_losses``) — or, for a flow-objective config, the rectified-flow
+velocity loss on ``x_σ = (1 − σ)x0 + σε`` (SD3, as Sana trains its linear DiT) — average gradients over processes, clip, AdamW, and update
 the EMA weights that are exported. Checkpoints hold model, EMA, optimizer and step; because every
 random draw is keyed by the step (:func:`.batches.keyed_generator`), resuming is exact.
 """
@@ -144,6 +145,12 @@ def full_state_dict(net: nn.Module) -> dict[str, torch.Tensor]:
     return dict(inner.model.state_dict())
 
 
+def ema_decay_at(step: int, decay: float) -> float:
+    """EMA decay with the usual warm-up ``min(decay, (1 + step)/(10 + step))``: early on the average
+    follows the weights closely, so a short run's EMA is not dominated by its random start."""
+    return min(decay, (1 + step) / (10 + step))
+
+
 @torch.no_grad()
 def ema_update(ema: dict[str, torch.Tensor], state: dict[str, torch.Tensor], decay: float) -> None:
     """``ema ← decay·ema + (1 − decay)·θ`` in fp32 over the model's parameters and buffers."""
@@ -192,8 +199,9 @@ def export_model(path: Path, config: LetsTalkConfig, ema: dict, dcae, cfg: Train
 # --- the loop --------------------------------------------------------------------------------------
 def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
     """Train (or resume) to ``cfg.steps``. Returns the last logged record."""
+    from ..diffusion.flow import flow_training_loss
     from ..diffusion.gaussian import training_losses
-    from ..diffusion.schedule import make_schedule
+    from ..diffusion.schedule import DiffusionConfig, make_schedule
     from ..dit.transformer import LetsTalkTransformer
     from .batches import BatchBuilder, ShardSource
 
@@ -202,10 +210,10 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     config = model_config(cfg)
-    if config.diffusion.objective != "ddpm":
-        raise ValueError("letstalk train implements the DDPM objective of the paper; the config asks for "
-                         f"{config.diffusion.objective!r}.")
+    flow = config.diffusion.objective == "flow"
     schedule = make_schedule(config.diffusion)
+    # The memory's latent noise is "t ≤ 49 of the linear 1000-step DDPM schedule" (§1.7), for either objective.
+    memory_schedule = make_schedule(DiffusionConfig()) if flow else schedule
     dcae = load_trained_dcae(cfg.dcae, config) if cfg.dcae else None
     if dcae is not None:
         dcae = dcae.to(info.device)
@@ -217,8 +225,9 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
     if tuple(source.latent_shape) != expect:
         raise ValueError(f"the shards hold latents {tuple(source.latent_shape)} per frame but the model expects {expect}; "
                          "preprocess with this model's config and DC-AE.")
-    builder = BatchBuilder(source, config, seed=cfg.seed, alphas_cumprod=schedule.alphas_cumprod,
-                           num_timesteps=config.diffusion.num_train_timesteps, p_drop_portrait=cfg.p_drop_portrait,
+    builder = BatchBuilder(source, config, seed=cfg.seed, alphas_cumprod=memory_schedule.alphas_cumprod,
+                           num_timesteps=config.diffusion.num_train_timesteps, objective=config.diffusion.objective,
+                           flow_shift=config.diffusion.flow_shift, p_drop_portrait=cfg.p_drop_portrait,
                            p_drop_audio=cfg.p_drop_audio, p_drop_both=cfg.p_drop_both,
                            p_memory_from_portrait=cfg.p_memory_from_portrait,
                            noise_regularisation=cfg.noise_regularisation, dcae=dcae)
@@ -269,7 +278,11 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
                 with autocast_for(cfg.precision, dev):
                     return net(x_t, t, portrait, windows, memory, pk, ak).float()
 
-            terms = training_losses(schedule, model_fn, batch.target.to(dev), batch.t.to(dev), batch.noise.to(dev))
+            if flow:
+                terms = flow_training_loss(model_fn, batch.target.to(dev), batch.t.to(dev), batch.noise.to(dev),
+                                           num_train_timesteps=config.diffusion.num_train_timesteps)
+            else:
+                terms = training_losses(schedule, model_fn, batch.target.to(dev), batch.t.to(dev), batch.noise.to(dev))
             loss = terms["loss"].mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -277,7 +290,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
             if hasattr(gn, "full_tensor"):  # a DTensor under FSDP
                 gn = gn.full_tensor()
             opt.step()
-            ema_update(ema, full_state_dict(net) if fsdp else model.state_dict(), cfg.ema_decay if step > 0 else 0.0)
+            ema_update(ema, full_state_dict(net) if fsdp else model.state_dict(), ema_decay_at(step, cfg.ema_decay))
             step += 1
 
             window["loss"] += float(loss.detach())

@@ -137,6 +137,42 @@ def test_exported_model_generates(shards, tmp_path):
     assert sink.frames().shape[0] == 25
 
 
+def test_flow_objective_trains_and_generates(shards, tmp_path):
+    """A flow-objective config trains with the velocity loss (memory noise still from the DDPM
+    schedule's first 50 steps) and its export samples with the Euler sampler ("auto")."""
+    from letstalk_core.config import LetsTalkConfig
+    from letstalk_core.loading import load_generator
+    from letstalk_core.pipeline import GenerationSettings, ListSink
+    from letstalk_core.train.loop import train
+
+    d = json.loads(get_preset("tiny").to_json())
+    d["diffusion"]["objective"], d["diffusion"]["learn_sigma"], d["dit"]["learn_sigma"] = "flow", False, False
+    (tmp_path / "flow.json").write_text(LetsTalkConfig.from_json(json.dumps(d)).to_json())
+    tc = TrainConfig(data=str(shards / "shards"), out=str(tmp_path / "flow_run"), model=str(tmp_path / "flow.json"),
+                     steps=3, batch_size=2, threads=1, checkpoint_every=3, lr=1e-3)
+    record = train(tc, progress=False)
+    assert record["vb"] == 0.0 and record["loss"] > 0
+    from letstalk_core.autoencoder.checkpoint import save_dcae
+    from letstalk_core.autoencoder.dc_ae import DCAE
+
+    cfg = get_preset("tiny")
+    save_dcae(DCAE(cfg.dcae), cfg.dcae, tmp_path / "dcae.safetensors")
+    gen = load_generator(tmp_path / "flow_run" / "model.safetensors", dcae_path=tmp_path / "dcae.safetensors",
+                         device="cpu", dtype="fp32")
+    assert gen.config.diffusion.objective == "flow"
+    sink = ListSink()
+    gen.generate(torch.rand(3, 32, 32) * 2 - 1, torch.randn(1, 8000) * 0.1, 16000, sink, GenerationSettings(steps=2))
+    assert sink.frames().shape[0] == 13
+
+
+def test_ema_warmup():
+    from letstalk_core.train.loop import ema_decay_at
+
+    assert ema_decay_at(0, 0.999) == pytest.approx(0.1)
+    assert ema_decay_at(90, 0.999) == pytest.approx(0.91)
+    assert ema_decay_at(100_000, 0.999) == 0.999
+
+
 def test_batch_builder_recipe(tmp_path):
     """Memory regularisation: t ≤ 49 latent noise + one spatial mask for the whole batch; dropout
     and memory-from-portrait rates; identical batches for the same step, different for another."""
