@@ -41,9 +41,10 @@ def _score(video: Path, truth_json: Path, clip_frames: int) -> dict:
 
 
 def _job(args) -> dict:
-    name, ckpt, nomem, truth_json, out_dir, steps, threads = args
+    name, ckpt, nomem, truth_json, out_dir, steps, audio_scale, threads = args
     cached = Path(out_dir) / f"{Path(truth_json).stem}.json"
-    key = {"checkpoint": str(Path(ckpt).resolve()), "mtime": Path(ckpt).stat().st_mtime, "steps": steps, "nomem": nomem}
+    key = {"checkpoint": str(Path(ckpt).resolve()), "mtime": Path(ckpt).stat().st_mtime, "steps": steps, "nomem": nomem,
+           "audio_scale": audio_scale}
     if cached.is_file():  # rows are re-used across invocations (run the table in parts)
         old = json.loads(cached.read_text())
         if old.get("key") == key:
@@ -54,6 +55,7 @@ def _job(args) -> dict:
     from letstalk_core.io.audio_file import load_audio
     from letstalk_core.io.image import load_image
     from letstalk_core.loading import load_generator
+    from letstalk_core.diffusion.guidance import GuidanceScales
     from letstalk_core.pipeline import GenerationSettings, write_video
 
     truth = json.loads(Path(truth_json).read_text())
@@ -64,7 +66,8 @@ def _job(args) -> dict:
     image = load_image(folder / truth["files"]["portrait"])
     wave, rate = load_audio(folder / truth["files"]["audio"])
     t0 = time.perf_counter()
-    prepared = write_video(gen, image, wave, rate, video, GenerationSettings(steps=steps, seed=0, use_memory=not nomem))
+    settings = GenerationSettings(steps=steps, seed=0, use_memory=not nomem, guidance=GuidanceScales(audio=audio_scale))
+    prepared = write_video(gen, image, wave, rate, video, settings)
     ms = 1000 * (time.perf_counter() - t0) / prepared.num_frames
     result = _score(video, Path(truth_json), gen.config.video.clip_frames)
     result["ms_per_frame"] = ms
@@ -98,7 +101,8 @@ def main() -> int:
     ap.add_argument("--heldout", required=True, help="folder of procedural samples (letstalk synth)")
     ap.add_argument("--row", action="append", required=True, help="NAME=CHECKPOINT[:nomem]")
     ap.add_argument("--out", default="outputs/ablation")
-    ap.add_argument("--steps", type=int, default=20, help="DDIM steps per clip")
+    ap.add_argument("--steps", type=int, default=20, help="sampling steps per clip (Euler for flow models, DDIM for DDPM)")
+    ap.add_argument("--audio-scale", type=float, default=1.0, help="audio guidance scale (1 = off)")
     ap.add_argument("--limit", type=int, default=0, help="use only the first N held-out samples")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--clip-frames", type=int, default=16, help="for scoring the ground-truth videos")
@@ -111,7 +115,8 @@ def main() -> int:
         raise SystemExit(f"no ground-truth JSONs in {a.heldout}")
     rows = [parse_row(r) for r in a.row]
     out = Path(a.out)
-    jobs = [(name, ckpt, nomem, str(t), str(out / name.replace(" ", "_").replace(",", "")), a.steps, 1 if a.workers > 1 else 2)
+    jobs = [(name, ckpt, nomem, str(t), str(out / name.replace(" ", "_").replace(",", "").replace("@", "at")), a.steps,
+             a.audio_scale, 1 if a.workers > 1 else 2)
             for name, ckpt, nomem in rows for t in truths]
     t0 = time.perf_counter()
     with ProcessPoolExecutor(a.workers) as pool:
@@ -124,9 +129,9 @@ def main() -> int:
     table_rows += [(name, _aggregate([r for r in results if r["row"] == name])) for name, _, _ in rows]
     from letstalk_core.eval.report import format_table
 
-    table = format_table(table_rows, columns=COLUMNS)
+    table = format_table(table_rows, columns=COLUMNS, first="model / setting")
     print(f"{len(truths)} held-out videos of {json.loads(truths[0].read_text())['seconds']:g} s, "
-          f"{a.steps} DDIM steps; {time.perf_counter() - t0:.0f} s\n")
+          f"{a.steps} sampling steps, audio guidance {a.audio_scale:g}; {time.perf_counter() - t0:.0f} s\n")
     print(table)
     out.mkdir(parents=True, exist_ok=True)
     (out / "ablation.json").write_text(json.dumps({"rows": table_rows, "videos": results, "ground_truth": gt}, indent=1))

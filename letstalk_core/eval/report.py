@@ -169,7 +169,7 @@ def _format_value(value) -> str:
     return str(value).replace("|", "\\|")
 
 
-def format_table(rows: list[tuple[str, dict]], columns=None) -> str:
+def format_table(rows: list[tuple[str, dict]], columns=None, *, first: str = "video") -> str:
     """GitHub-markdown table: one row per ``(name, result)``, one column per key.
 
     ``columns`` defaults to the keys of :data:`DEFAULT_COLUMNS` present in at least one result,
@@ -182,7 +182,7 @@ def format_table(rows: list[tuple[str, dict]], columns=None) -> str:
         extra = sorted(k for k in present if k not in columns and k.endswith(("_de_max", "_de_slope_per_min")))
         columns += extra
     columns = list(columns)
-    header = "| video | " + " | ".join(columns) + " |"
+    header = f"| {first} | " + " | ".join(columns) + " |"
     rule = "|---|" + "".join("---:|" for _ in columns)
     lines = [header, rule]
     for name, result in rows:
