@@ -49,7 +49,7 @@ def add_demo_command(sub) -> None:
     p.add_argument("--seconds", type=float, default=60.0, help="length of the demo speech")
     p.add_argument("--seed", type=int, default=DEMO_SEED, help="demo person and speech (procedural)")
     p.add_argument("--checkpoint", default=None, help="another model instead of the shipped demo model")
-    p.add_argument("--steps", type=int, default=20, help="DDIM steps per clip")
+    p.add_argument("--steps", type=int, default=10, help="sampling steps per clip (Euler for the flow demo model)")
     p.add_argument("--audio-scale", type=float, default=1.0, help="audio guidance scale (1 = off)")
     p.add_argument("--portrait-scale", type=float, default=1.0, help="portrait guidance scale (1 = off)")
     p.add_argument("--no-memory", action="store_true", help="generate every clip from the portrait only (ablation)")
