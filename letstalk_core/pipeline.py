@@ -209,6 +209,22 @@ def prepare_portrait_image(image: torch.Tensor, height: int, width: int, *, size
     return x.contiguous()
 
 
+@torch.no_grad()
+def encode_speech_track(speech_encoder, config: LetsTalkConfig, waveform, sample_rate: int) -> tuple[torch.Tensor, int, float]:
+    """Speech → ``(features [n_padded, L, C] float32 on the CPU, frame count, seconds)``. The frame
+    count is ``ceil(S·fps)`` of the original samples; the features cover the padded last clip (the
+    track is extended with silence, so the padding frames are silent)."""
+    fps = config.video.fps
+    wave = prepare_waveform(waveform, sample_rate)  # mono 16 kHz, validated
+    samples = int(waveform.shape[-1])  # the frame count comes from the original samples: ceil(S·fps)
+    num_frames = frame_count(samples, int(sample_rate), fps)
+    padded_frames = len(plan_clips(num_frames, config.video.clip_frames)) * config.video.clip_frames
+    need = math.ceil(padded_frames * TARGET_SAMPLE_RATE / fps)
+    features = speech_encoder.encode_prepared(wave, fps, n_frames=padded_frames,
+                                              pad_to=max(need, wave.shape[0])).float().cpu()
+    return features, num_frames, samples / int(sample_rate)
+
+
 class LetsTalkGenerator:
     """Generates a talking video of any length from a portrait, a speech track and a model.
 
@@ -218,36 +234,54 @@ class LetsTalkGenerator:
     def __init__(self, config: LetsTalkConfig, model, dcae, speech_encoder, *, device="cpu", dtype=torch.float32):
         self.config = config
         self.model = model.to(device=device, dtype=dtype).eval()
-        self.dcae = dcae.to(device=device).eval()
+        self.dcae = dcae.to(device=device).eval() if dcae is not None else None  # None: sampling only
         self.speech_encoder = speech_encoder
         self.device = torch.device(device)
         self.dtype = dtype
         self.schedule = make_schedule(config.diffusion)
 
     # --- preparation -------------------------------------------------------------------------------
+    def encode_audio(self, waveform, sample_rate: int) -> tuple[torch.Tensor, int, float]:
+        """See :func:`encode_speech_track` (with this generator's speech encoder and config)."""
+        return encode_speech_track(self.speech_encoder, self.config, waveform, sample_rate)
+
     @torch.no_grad()
-    def prepare(self, image: torch.Tensor, waveform, sample_rate: int, *, size_mode: str = "model") -> PreparedInputs:
+    def encode_portrait(self, image: torch.Tensor, *, size_mode: str = "model") -> torch.Tensor:
+        """Portrait image (see :func:`prepare_portrait_image`) → its latent ``[1, C, h, w]`` (float32)."""
         cfg = self.config
-        fps = cfg.video.fps
-        wave = prepare_waveform(waveform, sample_rate)  # mono 16 kHz, validated
-        samples = int(waveform.shape[-1])  # the frame count comes from the original samples: ceil(S·fps)
-        num_frames = frame_count(samples, int(sample_rate), fps)
-        plan = plan_clips(num_frames, cfg.video.clip_frames)
-        padded_frames = len(plan) * cfg.video.clip_frames
-        # Pad with silence to cover the padded last clip, so its features exist (and are silent).
-        need = math.ceil(padded_frames * TARGET_SAMPLE_RATE / fps)
-        features = self.speech_encoder.encode_prepared(wave, fps, n_frames=padded_frames,
-                                                       pad_to=max(need, wave.shape[0])).float().cpu()
-        del wave
         portrait = prepare_portrait_image(image, cfg.video.height, cfg.video.width, size_mode=size_mode,
                                           factor=cfg.dcae.spatial_compression)
         dcae_dtype = next(self.dcae.parameters()).dtype
-        latent = encode_frames(self.dcae, portrait.to(self.device, dcae_dtype), chunk_size=1).float()
+        return encode_frames(self.dcae, portrait.to(self.device, dcae_dtype), chunk_size=1).float()
+
+    def assemble(self, portrait_latent: torch.Tensor, features: torch.Tensor, num_frames: int,
+                 seconds: float) -> PreparedInputs:
+        """Encoded inputs → :class:`PreparedInputs` (the clip plan and the run's fingerprint)."""
+        cfg = self.config
+        plan = plan_clips(num_frames, cfg.video.clip_frames)
+        need = len(plan) * cfg.video.clip_frames
+        if features.ndim != 3 or features.shape[0] < need:
+            raise ValueError(f"the audio features hold {features.shape[0] if features.ndim else 0} frames but "
+                             f"{num_frames} frames in clips of {cfg.video.clip_frames} need {need}; encode the audio "
+                             "with this model.")
+        if tuple(features.shape[1:]) != tuple(self.speech_encoder.feature_shape):
+            raise ValueError(f"the audio features are {tuple(features.shape[1:])} per frame but this model's speech "
+                             f"encoder gives {tuple(self.speech_encoder.feature_shape)}; encode the audio with this model.")
+        if portrait_latent.ndim != 4 or portrait_latent.shape[0] != 1 or portrait_latent.shape[1] != cfg.dcae.latent_channels:
+            raise ValueError(f"the portrait latent has shape {tuple(portrait_latent.shape)} but this model needs "
+                             f"[1, {cfg.dcae.latent_channels}, h, w] (a portrait through its DC-AE).")
         fp = hashlib.sha256()
         fp.update(cfg.to_json().encode())
-        fp.update(portrait.cpu().numpy().tobytes())
+        fp.update(portrait_latent.detach().float().cpu().numpy().tobytes())
         fp.update(features.numpy().tobytes())
-        return PreparedInputs(latent, features, num_frames, plan, samples / int(sample_rate), fp.hexdigest())
+        return PreparedInputs(portrait_latent, features, num_frames, plan, seconds, fp.hexdigest())
+
+    @torch.no_grad()
+    def prepare(self, image: torch.Tensor, waveform, sample_rate: int, *, size_mode: str = "model") -> PreparedInputs:
+        """Encode the portrait and the speech once for a whole run."""
+        features, num_frames, seconds = self.encode_audio(waveform, sample_rate)
+        latent = self.encode_portrait(image, size_mode=size_mode)
+        return self.assemble(latent, features, num_frames, seconds)
 
     def fingerprint(self, prepared: PreparedInputs, settings: GenerationSettings) -> str:
         return hashlib.sha256((prepared.fingerprint + repr(asdict(settings))).encode()).hexdigest()[:32]

@@ -259,3 +259,20 @@ def prepare_waveform(waveform, sample_rate, *, target_rate: int = TARGET_SAMPLE_
     x = x.to(torch.float32)
     mono = x[0] if channels == 1 else x.mean(dim=0)  # mono input: a view, no copy of a long track
     return resample(mono, rate, target).contiguous()
+
+
+SILENCE_PEAK = 10 ** (-80 / 20)  # −80 dBFS: below one step of 16-bit audio
+
+
+def require_audible(waveform, what: str = "The audio") -> float:
+    """Refuse a track with no sound in it (peak below −80 dBFS): there is nothing to lip-sync, and it
+    almost always means a wrong file, a muted channel or a failed decode. Returns the peak."""
+    x = _to_tensor(waveform)
+    if x.numel() == 0:
+        raise ValueError(f"{what} is empty (0 samples). Connect an audio input that has sound.")
+    peak = float(x.detach().abs().max())
+    if not peak >= SILENCE_PEAK:
+        raise ValueError(f"{what} is silent (peak {20 * math.log10(max(peak, 1e-12)):.0f} dBFS over "
+                         f"{x.shape[-1]} samples): there is no speech to lip-sync. Check the file and its channels, "
+                         "or the node that made it.")
+    return peak

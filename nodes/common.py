@@ -1,0 +1,139 @@
+"""Shared adapter code: ComfyUI IMAGE/AUDIO ↔ core tensors, and a generator assembled from the
+loaded parts (placed on their devices by ComfyUI's model management)."""
+from __future__ import annotations
+
+from . import host
+from .types import LoadedDCAE, LoadedModel, LoadedSpeech
+
+IMAGE_MAX_SIDE = 8192  # the core's MAX_PORTRAIT_SIDE
+
+
+def image_to_core(image, what: str = "image"):
+    """ComfyUI IMAGE ``[B, H, W, C]`` in [0, 1] → core ``[B, C, H, W]`` in [-1, 1] (CPU float32)."""
+    import torch
+
+    if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"{what} must be an IMAGE [batch, height, width, channels]; got "
+                         f"{tuple(getattr(image, 'shape', ())) or type(image).__name__}.")
+    h, w = image.shape[1:3]
+    if max(h, w) > IMAGE_MAX_SIDE:
+        raise ValueError(f"{what} is {w}×{h} pixels; LetsTalk takes at most {IMAGE_MAX_SIDE} pixels a side. Scale it "
+                         "down first (Upscale Image / ImageScale) or crop the face with LetsTalk Face Crop.")
+    return image.detach().to("cpu", torch.float32).permute(0, 3, 1, 2) * 2 - 1
+
+
+def core_to_image(frames):
+    """Core frames ``[N, 3, H, W]`` in [-1, 1] → IMAGE ``[N, H, W, 3]`` in [0, 1] (CPU float32)."""
+    import torch
+
+    return ((frames.detach().to("cpu", torch.float32) + 1) / 2).clamp_(0, 1).permute(0, 2, 3, 1).contiguous()
+
+
+def audio_waveform(audio, what: str = "audio"):
+    """ComfyUI AUDIO → ``(waveform [C, T], sample_rate)``; a batch must hold one clip."""
+    if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
+        raise ValueError(f"{what} must be a ComfyUI AUDIO (a dict with 'waveform' and 'sample_rate'); connect Load Audio.")
+    wave = audio["waveform"]
+    if getattr(wave, "ndim", 0) == 3:
+        if wave.shape[0] != 1:
+            raise ValueError(f"{what} holds a batch of {wave.shape[0]} clips; LetsTalk takes one speech track.")
+        wave = wave[0]
+    return wave, int(audio["sample_rate"])
+
+
+def covered_audio(audio, num_frames: int, fps: float) -> dict:
+    """The AUDIO the video covers: the track padded with silence to exactly ``num_frames / fps``
+    seconds (ceil(S·fps) frames cover at most one frame more than the track)."""
+    import math
+
+    import torch
+
+    wave, rate = audio_waveform(audio)
+    want = math.ceil(num_frames * rate / fps - 1e-9)
+    have = wave.shape[-1]
+    if have < want:
+        wave = torch.nn.functional.pad(wave, (0, want - have))
+    return {"waveform": wave[..., :want][None].contiguous(), "sample_rate": rate}
+
+
+def resolve_parts(model: LoadedModel, dcae: LoadedDCAE | None, speech) -> tuple[LoadedDCAE, object]:
+    """The DC-AE and speech encoder to use: the connected ones, else those bundled with the model."""
+    if not isinstance(model, LoadedModel):
+        raise ValueError("connect a LetsTalk Model Loader to 'model'.")
+    dcae = dcae if dcae is not None else model.dcae
+    if dcae is None:
+        raise ValueError(f"'{model.name}' has no DC-AE bundled; connect a LetsTalk DC-AE Loader to 'dcae'.")
+    speech = speech if speech is not None else model.speech
+    if speech is None:
+        raise ValueError(f"'{model.name}' uses a wav2vec2 speech encoder that is not bundled; connect LetsTalk Speech "
+                         "Encoder Loader (or the native Load Audio Encoder) to 'speech_encoder'.")
+    return dcae, speech
+
+
+def speech_encoder_for(model: LoadedModel, speech):
+    """A core :class:`SpeechEncoder` for ``model``'s config from our handle or ComfyUI's native
+    AUDIO_ENCODER (whose wav2vec2 weights are loaded into the core encoder, so features follow the
+    LetsTalk/Hallo recipe exactly), plus the patcher to place."""
+    from ..letstalk_core.audio.features import SpeechEncoder
+
+    kind = model.config.speech_encoder.kind
+    if speech is None:
+        raise ValueError(f"'{model.name}' uses a wav2vec2 speech encoder that is not bundled; connect LetsTalk Speech "
+                         "Encoder Loader (or the native Load Audio Encoder) to 'speech_encoder'.")
+    if isinstance(speech, LoadedSpeech):
+        if kind == "wav2vec2" and speech.wav2vec2 is None:
+            raise ValueError(f"'{model.name}' needs a wav2vec2 speech encoder but '{speech.name}' is the log-mel front "
+                             "end; connect LetsTalk Speech Encoder Loader.")
+        return SpeechEncoder(model.config.speech_encoder, speech.wav2vec2 if kind == "wav2vec2" else None), speech.patcher
+    if hasattr(speech, "get_sd") and hasattr(speech, "encode_audio"):  # native AudioEncoderLoader output
+        if kind != "wav2vec2":
+            raise ValueError(f"'{model.name}' was trained on {kind} features, not wav2vec2; leave 'speech_encoder' "
+                             "empty to use its own front end.")
+        from ..letstalk_core.audio.wav2vec2 import load_wav2vec2
+
+        module = load_wav2vec2(speech.get_sd()).eval()
+        return SpeechEncoder(model.config.speech_encoder, module), host.patcher_for(module)
+    raise ValueError(f"'speech_encoder' must come from LetsTalk Speech Encoder Loader or Load Audio Encoder; got "
+                     f"{type(speech).__name__}.")
+
+
+def make_generator(model: LoadedModel, dcae: LoadedDCAE | None = None, speech=None):
+    """A core generator over the loaded parts, after model management has put them on the device."""
+    from ..letstalk_core.pipeline import LetsTalkGenerator
+
+    dcae, speech = resolve_parts(model, dcae, speech)
+    encoder, speech_patcher = speech_encoder_for(model, speech)
+    host.load_to_device(model.patcher, dcae.patcher, speech_patcher)
+    device = model.patcher.load_device
+    if encoder.model is not None:
+        encoder.model.to(device)
+    return LetsTalkGenerator(model.config, model.transformer, dcae.module, encoder, device=device, dtype=model.dtype)
+
+
+def preview_decoder(generator):
+    """A callable turning the current clean estimate ``[1, C, F, h, w]`` into a PIL preview (its first
+    frame through the DC-AE: one frame's decode per preview)."""
+    import torch
+    from PIL import Image
+
+    def decode(latents):
+        from ..letstalk_core.autoencoder.dc_ae import iter_decode
+
+        img = next(iter_decode(generator.dcae, latents[0, :, :1].transpose(0, 1).float(), chunk_size=1))
+        arr = ((img[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        return Image.fromarray(arr)
+
+    return decode
+
+
+def check_host_memory(nbytes: int, what: str) -> None:
+    """Fail before any work when the result cannot fit in RAM (the late OOM users of other packs
+    lose hours to)."""
+    try:
+        import psutil
+    except ImportError:
+        return
+    avail = psutil.virtual_memory().available
+    if nbytes > 0.8 * avail:
+        raise MemoryError(f"{what} need {nbytes / 2**30:.1f} GiB as an IMAGE batch but only {avail / 2**30:.1f} GiB of "
+                          "RAM is free. Use shorter audio, or set 'resume_folder' and run it in parts.")

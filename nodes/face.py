@@ -1,0 +1,112 @@
+"""Face Crop and Paste Back: any photo in, the talking face composited back into it out."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from . import common
+from .types import socket_types
+
+_, _, _, _, FaceBoxType = socket_types()
+DETECTORS = ["manual", "haar", "whole image"]
+
+
+class LetsTalkFaceCrop(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LetsTalkFaceCrop",
+            display_name="LetsTalk Face Crop",
+            category="LetsTalk/face",
+            description="Cuts a square face crop out of any photo (any size or aspect) for the model, and remembers "
+                        "where it was so LetsTalk Paste Back can put the talking face back.",
+            inputs=[
+                io.Image.Input("photo", tooltip="The photo (first image of the batch is used)."),
+                io.Combo.Input("detector", options=DETECTORS, default="manual",
+                               tooltip="manual: the box below. haar: OpenCV's frontal-face detector (needs "
+                                       "opencv-python-headless installed). whole image: the largest centred square."),
+                io.Float.Input("center_x", default=0.5, min=0.0, max=1.0, step=0.005,
+                               tooltip="manual: the face's centre, as a fraction of the photo's width."),
+                io.Float.Input("center_y", default=0.4, min=0.0, max=1.0, step=0.005,
+                               tooltip="manual: the face's centre, as a fraction of the photo's height."),
+                io.Float.Input("box_size", default=0.6, min=0.05, max=1.0, step=0.005,
+                               tooltip="manual: the square's side as a fraction of the photo's short side "
+                                       "(take in hair and chin)."),
+                io.Float.Input("scale", default=1.6, min=1.0, max=4.0, step=0.05,
+                               tooltip="haar: enlarge the detected face box this much (hair, chin, motion room)."),
+                io.Int.Input("size", default=64, min=32, max=2048, step=32,
+                             tooltip="Side of the crop in pixels: the model's size (64 for the demo model, 512 for "
+                                     "the paper's)."),
+            ],
+            outputs=[io.Image.Output("face", tooltip="The square face crop, size×size."),
+                     FaceBoxType.Output("face_box", tooltip="Where the crop came from, for LetsTalk Paste Back.")],
+        )
+
+    @classmethod
+    def execute(cls, photo, detector, center_x, center_y, box_size, scale, size) -> io.NodeOutput:
+        import numpy as np
+
+        from ..letstalk_core.compose import crop_face, face_box, manual_box
+
+        image = common.image_to_core(photo, "photo")[:1, :3]
+        h, w = image.shape[-2:]
+        if detector == "manual":
+            box = manual_box(center_x, center_y, box_size, w, h)
+        elif detector == "whole image":
+            box = face_box([(0, 0, w, h, 1.0)], w, h, scale=1.0)
+        elif detector == "haar":
+            from ..letstalk_core.data.faces import HaarDetector
+
+            try:
+                det = HaarDetector()
+            except ImportError as e:
+                raise ValueError("the haar detector needs OpenCV: pip install opencv-python-headless into ComfyUI's "
+                                 "Python, or use detector 'manual'.") from e
+            rgb = ((image[0] + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
+            box = face_box(det.detect(np.ascontiguousarray(rgb)), w, h, scale=scale)
+        else:
+            raise ValueError(f"detector must be one of {DETECTORS}; got {detector!r}.")
+        face = crop_face(image, box, size)
+        return io.NodeOutput(common.core_to_image(face), box)
+
+
+class LetsTalkPasteBack(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LetsTalkPasteBack",
+            display_name="LetsTalk Paste Back",
+            category="LetsTalk/face",
+            description="Puts generated face frames back into the photo at the crop's place, blended through a "
+                        "feathered edge; the rest of the photo stays exactly as it was.",
+            inputs=[
+                io.Image.Input("frames", tooltip="The generated frames (e.g. Memory Bank Loop images)."),
+                io.Image.Input("photo", tooltip="The photo the face was cropped from."),
+                FaceBoxType.Input("face_box", tooltip="From LetsTalk Face Crop on the same photo."),
+                io.Float.Input("feather", default=0.12, min=0.0, max=0.5, step=0.01,
+                               tooltip="Width of the soft edge, as a fraction of the box side (0 = hard edge)."),
+            ],
+            outputs=[io.Image.Output("images", tooltip="The photo with the talking face, one per frame.")],
+        )
+
+    @classmethod
+    def execute(cls, frames, photo, face_box, feather) -> io.NodeOutput:
+        import torch
+
+        from ..letstalk_core.compose import FaceBox, iter_paste_back, paste_back_bytes
+
+        if not isinstance(face_box, FaceBox):
+            raise ValueError("connect 'face_box' to the face_box output of LetsTalk Face Crop.")
+        image = common.image_to_core(photo, "photo")[:1, :3]
+        n = frames.shape[0]
+        common.check_host_memory(paste_back_bytes(n, face_box.width, face_box.height),
+                                 f"{n} frames of {face_box.width}×{face_box.height}")
+        faces = common.image_to_core(frames, "frames")[:, :3]
+        out = torch.empty((n, face_box.height, face_box.width, 3), dtype=torch.float32)
+        pos = 0
+        for chunk in iter_paste_back(faces, image, face_box, feather=feather):
+            out[pos:pos + chunk.shape[0]] = common.core_to_image(chunk)
+            pos += chunk.shape[0]
+        return io.NodeOutput(out)
+
+
+NODES = [LetsTalkFaceCrop, LetsTalkPasteBack]

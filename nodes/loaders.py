@@ -1,0 +1,135 @@
+"""Loaders: the LetsTalk checkpoint (models/letstalk, the demo model always listed), a DC-AE
+(models/vae) and a wav2vec2 speech encoder (models/audio_encoders). No download, ever."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from . import host
+from .types import LoadedDCAE, LoadedModel, LoadedSpeech, socket_types
+
+Model, DCAE, Speech, _, _ = socket_types()
+DTYPES = ["auto", "fp32", "bf16", "fp16"]
+
+
+def _bundled(config, groups, name: str) -> tuple[LoadedDCAE | None, LoadedSpeech | None]:
+    from ..letstalk_core.loading import load_parts
+
+    dcae = speech = None
+    if groups["dcae"]:
+        module, enc = load_parts(config, groups["dcae"], groups["speech"])
+        dcae = LoadedDCAE(f"{name} (bundled)", module, host.patcher_for(module, vae=True))
+        if enc.model is not None or config.speech_encoder.kind == "mel":
+            speech = LoadedSpeech(f"{name} ({config.speech_encoder.kind})", enc.model,
+                                  host.patcher_for(enc.model) if enc.model is not None else None)
+    elif config.speech_encoder.kind == "mel":
+        speech = LoadedSpeech(f"{name} (log-mel)")
+    return dcae, speech
+
+
+class LetsTalkModelLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LetsTalkModelLoader",
+            display_name="LetsTalk Model Loader",
+            category="LetsTalk/loaders",
+            description="Loads a LetsTalk transformer checkpoint (.safetensors with its config inside) and the DC-AE "
+                        "and speech encoder bundled with it.",
+            inputs=[
+                io.Combo.Input("ckpt_name", options=host.model_files(host.MODEL_FOLDER) or [host.DEMO_MODEL],
+                               default=host.DEMO_MODEL,
+                               tooltip="LetsTalk checkpoint from models/letstalk. letstalk-demo.safetensors ships with "
+                                       "the pack (64×64, 25 fps), so a graph works with no download."),
+                io.Combo.Input("weight_dtype", options=DTYPES, default="auto",
+                               tooltip="Precision of the transformer. auto: bf16 on GPUs that run it well, fp32 on CPU."),
+            ],
+            outputs=[
+                Model.Output("model", tooltip="The transformer with its config (fps, clip length, memory frames)."),
+                DCAE.Output("dcae", tooltip="The DC-AE bundled with the checkpoint (None if it has none: use LetsTalk DC-AE Loader)."),
+                Speech.Output("speech_encoder", tooltip="The speech front end the model was trained with (None when "
+                                                        "it needs a wav2vec2 file: use LetsTalk Speech Encoder Loader)."),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, ckpt_name, weight_dtype):
+        # Naming ckpt_name here skips the list check, so a missing file ends as a clear node error
+        # (with where to put it) instead of a bare "value not in list".
+        return True
+
+    @classmethod
+    def execute(cls, ckpt_name, weight_dtype="auto") -> io.NodeOutput:
+        from ..letstalk_core.checkpoint import load_transformer, read_checkpoint
+
+        if weight_dtype not in DTYPES:
+            raise ValueError(f"weight_dtype must be one of {DTYPES}; got {weight_dtype!r}.")
+        path = host.model_path(host.MODEL_FOLDER, ckpt_name, "LetsTalk checkpoint")
+        config, groups, meta = read_checkpoint(path)
+        device = host.torch_device()
+        dtype = host.weight_dtype(weight_dtype, device)
+        transformer = load_transformer(config, groups["dit"], device="cpu", dtype=dtype)
+        dcae, speech = _bundled(config, groups, ckpt_name)
+        loaded = LoadedModel(ckpt_name, config, transformer, host.patcher_for(transformer), dtype, dcae, speech,
+                             {k: v for k, v in meta.items() if k != "letstalk_config"})
+        return io.NodeOutput(loaded, dcae, speech)
+
+
+class LetsTalkDCAELoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LetsTalkDCAELoader",
+            display_name="LetsTalk DC-AE Loader",
+            category="LetsTalk/loaders",
+            description="Loads a deep-compression autoencoder (DC-AE) from models/vae: the original (MIT) or the "
+                        "diffusers key layout, with its config from the file's metadata or a .json beside it.",
+            inputs=[
+                io.Combo.Input("dcae_name", options=host.model_files("vae") or ["(none found)"],
+                               tooltip="DC-AE weights in models/vae (.safetensors)."),
+            ],
+            outputs=[DCAE.Output("dcae", tooltip="The autoencoder, for DC-AE Encode/Decode and the samplers.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, dcae_name):
+        return True
+
+    @classmethod
+    def execute(cls, dcae_name) -> io.NodeOutput:
+        from ..letstalk_core.autoencoder.checkpoint import load_dcae
+
+        path = host.model_path("vae", dcae_name, "DC-AE file")
+        module = load_dcae(path).float().eval()
+        return io.NodeOutput(LoadedDCAE(dcae_name, module, host.patcher_for(module, vae=True)))
+
+
+class LetsTalkSpeechEncoderLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LetsTalkSpeechEncoderLoader",
+            display_name="LetsTalk Speech Encoder Loader",
+            category="LetsTalk/loaders",
+            description="Loads a wav2vec2 speech encoder (base or large, Hugging Face or ComfyUI key layout) from "
+                        "models/audio_encoders. The native Load Audio Encoder output can be connected instead.",
+            inputs=[
+                io.Combo.Input("encoder_name", options=host.model_files("audio_encoders") or ["(none found)"],
+                               tooltip="wav2vec2 weights in models/audio_encoders (e.g. wav2vec2-base-960h)."),
+            ],
+            outputs=[Speech.Output("speech_encoder", tooltip="The wav2vec2 encoder for LetsTalk Audio Encoder.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, encoder_name):
+        return True
+
+    @classmethod
+    def execute(cls, encoder_name) -> io.NodeOutput:
+        from ..letstalk_core.audio.wav2vec2 import load_wav2vec2
+
+        path = host.model_path("audio_encoders", encoder_name, "speech encoder file")
+        module = load_wav2vec2(path).eval()
+        return io.NodeOutput(LoadedSpeech(encoder_name, module, host.patcher_for(module)))
+
+
+NODES = [LetsTalkModelLoader, LetsTalkDCAELoader, LetsTalkSpeechEncoderLoader]

@@ -1,0 +1,71 @@
+"""HTTP route for the web extension: ``GET /letstalk/plan?audio=<Load Audio value>&ckpt=<checkpoint>``
+→ the plan of a Memory Bank Loop run (seconds, fps, frames, clips) before anything runs."""
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger("letstalk")
+
+
+def read_config(ckpt_path: str):
+    """A checkpoint's config from its safetensors header only (no tensor is read)."""
+    from safetensors import safe_open
+
+    from ..letstalk_core.checkpoint import CONFIG_KEY
+    from ..letstalk_core.config import LetsTalkConfig
+
+    with safe_open(ckpt_path, framework="pt") as f:
+        meta = f.metadata() or {}
+    if CONFIG_KEY not in meta:
+        raise ValueError(f"'{ckpt_path}' is not a LetsTalk checkpoint (no '{CONFIG_KEY}' metadata).")
+    return LetsTalkConfig.from_json(meta[CONFIG_KEY])
+
+
+def plan(audio_path: str, ckpt_path: str) -> dict:
+    from ..letstalk_core.audio.waveform import frame_count
+    from ..letstalk_core.io.audio_file import load_audio
+    from ..letstalk_core.pipeline import plan_clips
+
+    config = read_config(ckpt_path)
+    wave, rate = load_audio(audio_path)
+    frames = frame_count(int(wave.shape[-1]), rate, config.video.fps)
+    clips = plan_clips(frames, config.video.clip_frames)
+    return {"seconds": wave.shape[-1] / rate, "samples": int(wave.shape[-1]), "sample_rate": rate,
+            "fps": float(config.video.fps), "frames": frames, "clips": len(clips),
+            "clip_frames": config.video.clip_frames, "memory_frames": config.memory.frames,
+            "last_clip_frames": clips[-1].frames}
+
+
+def register() -> None:
+    """Add the route to ComfyUI's server (registration only; called when the pack loads)."""
+    try:
+        from aiohttp import web
+        from server import PromptServer
+    except ImportError:
+        return
+    server = getattr(PromptServer, "instance", None)
+    if server is None:
+        return
+
+    @server.routes.get("/letstalk/plan")
+    async def letstalk_plan(request):
+        import asyncio
+
+        import folder_paths
+
+        from . import host
+
+        audio = request.query.get("audio", "")
+        ckpt = request.query.get("ckpt", "") or host.DEMO_MODEL
+        try:
+            if not audio or not folder_paths.exists_annotated_filepath(audio):
+                return web.json_response({"error": f"audio file '{audio}' not found in the input folder"}, status=404)
+            audio_path = folder_paths.get_annotated_filepath(audio)
+            ckpt_path = host.model_path(host.MODEL_FOLDER, ckpt, "LetsTalk checkpoint")
+            result = await asyncio.get_running_loop().run_in_executor(None, plan, audio_path, ckpt_path)
+            return web.json_response(result)
+        except (ValueError, FileNotFoundError) as e:
+            return web.json_response({"error": str(e)}, status=400)
+        except Exception as e:  # never let a bad file take the route (or the server) down
+            log.exception("letstalk plan failed")
+            return web.json_response({"error": f"{type(e).__name__}: {e}"}, status=500)

@@ -1,0 +1,200 @@
+"""Linear DiT Sampler (one clip) and Memory Bank Loop (the whole audio as clips with the memory bank)."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from . import common, host
+from .types import AudioFeatures, socket_types
+
+Model, DCAE, Speech, Features, _ = socket_types()
+SAMPLERS = ["auto", "euler", "ddim", "ddpm"]
+
+
+def _sampling_inputs(default_steps: int) -> list:
+    return [
+        io.Combo.Input("sampler", options=SAMPLERS, default="auto",
+                       tooltip="auto: Euler for rectified-flow models (the demo model), DDIM for DDPM models."),
+        io.Int.Input("steps", default=default_steps, min=1, max=1000,
+                     tooltip="Denoising steps per clip. The demo model is good at 10."),
+        io.Int.Input("seed", default=0, min=0, max=2**63 - 1, control_after_generate=True,
+                     tooltip="Noise seed. Each clip draws its own noise from (seed, clip index), so any clip can be "
+                             "re-made alone and a resumed run equals an uninterrupted one."),
+        io.Float.Input("portrait_guidance", default=1.0, min=0.0, max=30.0, step=0.05,
+                       tooltip="Portrait guidance scale s_p (1 = off). Above 1 pushes appearance toward the portrait; "
+                               "costs one extra batched branch."),
+        io.Float.Input("audio_guidance", default=1.0, min=0.0, max=30.0, step=0.05,
+                       tooltip="Audio guidance scale s_a (1 = off). Above 1 exaggerates lip motion."),
+    ]
+
+
+def _settings(sampler, steps, seed, portrait_guidance, audio_guidance, **kw):
+    from ..letstalk_core.diffusion.guidance import GuidanceScales
+    from ..letstalk_core.pipeline import GenerationSettings
+
+    return GenerationSettings(sampler=sampler, steps=int(steps), seed=int(seed),
+                              guidance=GuidanceScales(portrait=float(portrait_guidance), audio=float(audio_guidance)), **kw)
+
+
+def _memory_text(plan, index: int, memory_frames: int, use_memory: bool) -> str:
+    if memory_frames == 0:
+        return "no memory"
+    if index == 0 or not use_memory:
+        return f"portrait ×{memory_frames}"
+    end = plan[index].start
+    return f"frames {max(0, end - memory_frames) + 1}–{end}"
+
+
+class LetsTalkSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LetsTalkSampler",
+            display_name="LetsTalk Linear DiT Sampler",
+            category="LetsTalk",
+            description="Samples ONE clip of the video (clip_frames frames, e.g. 16) from the portrait latent, the audio "
+                        "features of that clip and an optional memory (the previous clip). Chain several with "
+                        "'memory' for a manual long video, or use Memory Bank Loop.",
+            inputs=[
+                Model.Input("model", tooltip="The LetsTalk transformer (portrait and audio fusion are fixed by its training: "
+                                             "see the loader's description)."),
+                io.Latent.Input("portrait", tooltip="The portrait's DC-AE latent (DC-AE Encode at the model's size)."),
+                Features.Input("audio_features", tooltip="From LetsTalk Audio Encoder with this model."),
+                io.Int.Input("clip_index", default=0, min=0, max=100000,
+                             tooltip="Which clip of the audio: clip k covers frames [k·clip_frames, (k+1)·clip_frames)."),
+                *_sampling_inputs(10),
+                io.Latent.Input("memory", optional=True,
+                                tooltip="Optional: the previous clip's latents; its last memory frames condition this clip "
+                                        "(LetsTalk memory bank). Empty: the portrait is the memory (clip 0)."),
+            ],
+            outputs=[io.Latent.Output("clip", tooltip="The clip's clean latents {'samples': [1, C, frames, h, w]}, "
+                                                      "padding frames of the last clip removed.")],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(cls, model, portrait, audio_features, clip_index, sampler, steps, seed, portrait_guidance,
+                audio_guidance, memory=None) -> io.NodeOutput:
+        from ..letstalk_core.memory import initial_memory, update_memory
+        from ..letstalk_core.pipeline import LetsTalkGenerator
+
+        if not isinstance(audio_features, AudioFeatures):
+            raise ValueError("connect LetsTalk Audio Encoder to 'audio_features'.")
+        if abs(audio_features.fps - model.config.video.fps) > 1e-6:
+            raise ValueError(f"the audio features were made at {audio_features.fps:g} fps but '{model.name}' runs at "
+                             f"{model.config.video.fps:g} fps; set the Audio Encoder's fps to 0 (the model's).")
+        settings = _settings(sampler, steps, seed, portrait_guidance, audio_guidance)
+        host.load_to_device(model.patcher)
+        gen = LetsTalkGenerator(model.config, model.transformer, None, None, device=model.patcher.load_device,
+                                dtype=model.dtype)
+        latent = portrait["samples"].float()
+        prepared = gen.assemble(latent[:1], audio_features.features, audio_features.num_frames, audio_features.seconds)
+        if clip_index >= len(prepared.plan):
+            raise ValueError(f"clip_index {clip_index} is past the end: the audio gives {len(prepared.plan)} clips "
+                             f"(0…{len(prepared.plan) - 1}).")
+        clip = prepared.plan[clip_index]
+        dev = gen.device
+        bank = initial_memory(prepared.portrait_latent.to(dev), model.config.memory.frames)
+        if memory is not None:
+            prev = memory["samples"].float().to(dev)
+            if prev.ndim != 5:
+                raise ValueError(f"'memory' must be a clip from this sampler ([1, C, F, h, w]); got {tuple(prev.shape)}.")
+            bank = update_memory(bank, prev)
+        progress = host.Progress(cls.hidden.unique_id, settings.steps)
+        progress.start_clip(clip.index, clip.total, "given clip" if memory is not None else
+                            _memory_text(prepared.plan, 0, model.config.memory.frames, True))
+        prepared.portrait_latent = prepared.portrait_latent.to(dev)
+        out = gen.sample_clip(prepared, clip, bank, settings, on_step=progress.step)
+        progress.finish()
+        return io.NodeOutput({"samples": out[:, :, :clip.frames].float().cpu()})
+
+
+class LetsTalkMemoryBankLoop(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LetsTalkMemoryBankLoop",
+            display_name="LetsTalk Memory Bank Loop",
+            category="LetsTalk",
+            description="The whole speech track as consecutive clips, each conditioned on the last frames of the one "
+                        "before (LetsTalk memory bank), decoded in chunks. The video has exactly ceil(seconds × fps) "
+                        "frames; wire images, audio and fps into Create Video → Save Video.",
+            inputs=[
+                Model.Input("model", tooltip="LetsTalk Model Loader output (the demo model works with nothing else)."),
+                io.Image.Input("portrait", tooltip="The face photo, ideally a square head-and-shoulders crop (LetsTalk "
+                                                   "Face Crop makes one from any photo). Centre-cropped to the model's size."),
+                io.Audio.Input("audio", tooltip="The speech track, any length."),
+                *_sampling_inputs(10),
+                io.Boolean.Input("use_memory", default=True,
+                                 tooltip="Memory bank on: each clip sees the last frames of the previous one (smooth, "
+                                         "consistent). Off: every clip sees only the portrait (the ablation)."),
+                io.Int.Input("decode_chunk", default=8, min=1, max=256,
+                             tooltip="Frames decoded at a time; memory stays flat whatever the audio's length."),
+                io.String.Input("resume_folder", default="",
+                                tooltip="Optional: a folder under ComfyUI's output (e.g. letstalk/run1). Each finished clip "
+                                        "is written there; running again with the same inputs resumes after the last "
+                                        "finished clip. Empty: keep nothing on disk."),
+                DCAE.Input("dcae", optional=True, tooltip="Optional: another DC-AE. Empty: the one bundled with the model."),
+                io.MultiType.Input("speech_encoder", types=[Speech, io.AudioEncoder], optional=True,
+                                   tooltip="Optional: a wav2vec2 encoder. Empty: the model's own speech front end."),
+            ],
+            outputs=[
+                io.Image.Output("images", tooltip="All frames, ceil(seconds × fps) of them."),
+                io.Audio.Output("audio", tooltip="The audio the frames cover (the track padded with silence to "
+                                                 "frames / fps seconds)."),
+                io.Float.Output("fps", tooltip="The model's frame rate, for Create Video."),
+            ],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(cls, model, portrait, audio, sampler, steps, seed, portrait_guidance, audio_guidance,
+                use_memory=True, decode_chunk=8, resume_folder="", dcae=None, speech_encoder=None) -> io.NodeOutput:
+        import torch
+
+        from ..letstalk_core.audio.waveform import require_audible
+        from ..letstalk_core.resume import ClipStore
+
+        wave, rate = common.audio_waveform(audio)
+        require_audible(wave)
+        image = common.image_to_core(portrait, "portrait")[:1]
+        settings = _settings(sampler, steps, seed, portrait_guidance, audio_guidance,
+                             decode_chunk=int(decode_chunk), use_memory=bool(use_memory))
+        gen = common.make_generator(model, dcae, speech_encoder)
+        prepared = gen.prepare(image[0], wave, rate)
+        cfg = model.config
+        n, h, w = prepared.num_frames, cfg.video.height, cfg.video.width
+        common.check_host_memory(n * h * w * 3 * 4, f"{n} frames of {w}×{h}")
+        store = ClipStore(host.inside_output(resume_folder)) if resume_folder.strip() else None
+        state = store.load_state(gen.fingerprint(prepared, settings)) if store else None
+        done = state.next_clip if state else 0
+
+        images = torch.empty((n, h, w, 3), dtype=torch.float32)
+        progress = host.Progress(cls.hidden.unique_id, len(prepared.plan) * settings.steps, common.preview_decoder(gen))
+        for clip, frames in zip(prepared.plan[:done], store.stored_clips(done) if store else []):
+            images[clip.start:clip.start + clip.frames] = torch.from_numpy(frames).float() / 255
+        progress.skip(done * settings.steps)
+        plan, f = prepared.plan, cfg.memory.frames
+        current = {"clip": -1}
+
+        def on_step(info) -> None:
+            if info.clip != current["clip"]:
+                current["clip"] = info.clip
+                progress.start_clip(info.clip, info.clips, _memory_text(plan, info.clip, f, settings.use_memory))
+            progress.step(info)
+
+        for clip, latents, new_state in gen.iter_clips(prepared, settings, state=state, on_step=on_step):
+            pos = clip.start
+            decoded = []
+            for chunk in gen.decode_clip(latents, clip, settings.decode_chunk):
+                images[pos:pos + chunk.shape[0]] = common.core_to_image(chunk)
+                pos += chunk.shape[0]
+                if store:
+                    decoded.append(chunk)
+            if store:
+                store.save_clip(clip.index, torch.cat(decoded))
+                store.save_state(new_state)
+        progress.finish()
+        return io.NodeOutput(images, common.covered_audio(audio, n, float(cfg.video.fps)), float(cfg.video.fps))
+
+
+NODES = [LetsTalkSampler, LetsTalkMemoryBankLoop]

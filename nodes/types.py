@@ -1,0 +1,70 @@
+"""What flows between the pack's nodes: loaded models (wrapped in ComfyUI's ModelPatcher so model
+management places and offloads them), per-frame audio features and a face box. Plain dataclasses;
+the socket types are made in :func:`socket_types` so that importing this module needs no ComfyUI."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+MODEL_TYPE = "LETSTALK_MODEL"
+DCAE_TYPE = "LETSTALK_DCAE"
+SPEECH_TYPE = "LETSTALK_SPEECH_ENCODER"
+FEATURES_TYPE = "LETSTALK_AUDIO_FEATURES"
+FACE_BOX_TYPE = "LETSTALK_FACE_BOX"
+
+
+@dataclass
+class LoadedModel:
+    """A LetsTalk transformer checkpoint: its config, the transformer (in ``patcher``) and the parts
+    bundled with it (DC-AE, speech encoder) as ready handles or None."""
+
+    name: str
+    config: Any
+    transformer: Any
+    patcher: Any
+    dtype: Any
+    dcae: "LoadedDCAE | None" = None
+    speech: "LoadedSpeech | None" = None
+    metadata: dict = field(default_factory=dict)
+
+    def describe(self) -> str:
+        c = self.config
+        return (f"{self.name}: {c.video.width}×{c.video.height} at {c.video.fps:g} fps, clips of {c.video.clip_frames}, "
+                f"memory {c.memory.frames}, portrait fusion {c.dit.portrait_fusion}, audio fusion {c.dit.audio_fusion}, "
+                f"{c.diffusion.objective}, speech {c.speech_encoder.kind}")
+
+
+@dataclass
+class LoadedDCAE:
+    name: str
+    module: Any
+    patcher: Any
+
+
+@dataclass
+class LoadedSpeech:
+    """A speech front end: ``wav2vec2`` module (or None for the parameter-free log-mel front end)."""
+
+    name: str
+    wav2vec2: Any = None
+    patcher: Any = None
+
+
+@dataclass
+class AudioFeatures:
+    """Per-frame speech features of one track, encoded for one model's fps and speech encoder."""
+
+    features: Any  # [n_frames_padded, layers, channels] float32 (CPU)
+    num_frames: int  # ceil(seconds × fps): the frames the video will have
+    fps: float
+    seconds: float
+    speech_kind: str
+    audio: dict  # the AUDIO it came from
+
+
+def socket_types():
+    """The V3 socket types (needs comfy_api; called when the nodes' schemas are built)."""
+    from comfy_api.latest import io
+
+    return (io.Custom(MODEL_TYPE), io.Custom(DCAE_TYPE), io.Custom(SPEECH_TYPE), io.Custom(FEATURES_TYPE),
+            io.Custom(FACE_BOX_TYPE))
