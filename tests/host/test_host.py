@@ -1,0 +1,240 @@
+"""The pack inside a real headless ComfyUI (see conftest.py; skipped without COMFYUI_PATH).
+
+Checks what a user meets: every node and input documented in /object_info, every shipped workflow
+running as shipped through /prompt (the long one's mp4 has sound and exactly ceil(seconds × fps)
+frames), Cancel honoured within one sampling step with the next run fine, and bad inputs ending as a
+clear node error in /history while the server keeps serving.
+"""
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import math
+import time
+import wave
+from pathlib import Path
+
+import pytest
+
+from tests.host.conftest import ASSETS, REPO
+from tests.host.ui_to_api import ui_to_api
+
+NODE_IDS = ["LetsTalkModelLoader", "LetsTalkDCAELoader", "LetsTalkSpeechEncoderLoader", "LetsTalkAudioEncoder",
+            "LetsTalkDCAEEncode", "LetsTalkDCAEDecode", "LetsTalkSampler", "LetsTalkMemoryBankLoop",
+            "LetsTalkFaceCrop", "LetsTalkPasteBack"]
+WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+SPEECH = ASSETS / "letstalk_demo_speech.flac"
+
+
+def load_api(name: str, object_info: dict) -> dict:
+    return ui_to_api(json.loads((REPO / "workflows" / f"{name}.json").read_text()), object_info)
+
+
+def node_of(api: dict, class_type: str) -> dict:
+    return next(n for n in api.values() if n["class_type"] == class_type)
+
+
+def error_of(entry: dict) -> dict:
+    assert entry["status"]["status_str"] == "error", f"expected a node error, got {entry['status']}"
+    return next(m[1] for m in entry["status"]["messages"] if m[0] == "execution_error")
+
+
+def outputs_of(entry: dict, kind: str) -> list[dict]:
+    return [f for out in entry["outputs"].values() for f in out.get(kind, [])]
+
+
+def audio_samples(path: Path) -> tuple[int, int]:
+    import av
+
+    with av.open(str(path)) as c:
+        n = sum(f.samples for f in c.decode(audio=0))
+        return n, c.streams.audio[0].rate
+
+
+def probe_mp4(path: Path) -> tuple[int, int, int, bool]:
+    """(frames, width, height, has audio) of a video file, frames counted by decoding."""
+    import av
+
+    with av.open(str(path)) as c:
+        has_audio = len(c.streams.audio) > 0
+        v = c.streams.video[0]
+        frames = sum(1 for _ in c.decode(video=0))
+        return frames, v.codec_context.width, v.codec_context.height, has_audio
+
+
+def test_every_node_is_listed_with_tooltips(object_info):
+    missing = [n for n in NODE_IDS if n not in object_info]
+    assert not missing, f"nodes missing from /object_info: {missing}"
+    for nid in NODE_IDS:
+        info = object_info[nid]
+        assert info["category"].startswith("LetsTalk"), nid
+        assert info["description"], nid
+        specs = {**info["input"].get("required", {}), **info["input"].get("optional", {})}
+        assert specs, nid
+        for name, spec in specs.items():
+            assert len(spec) > 1 and spec[1].get("tooltip"), f"{nid}.{name} has no tooltip"
+        assert all(info.get("output_tooltips") or []), f"{nid} has outputs without tooltips"
+    assert "letstalk-demo.safetensors" in object_info["LetsTalkModelLoader"]["input"]["required"]["ckpt_name"][1]["options"]
+
+
+def test_workflows_are_listed_as_templates(comfy):
+    templates = comfy.get("/workflow_templates")
+    assert sorted(templates.get("letstalk", [])) == sorted(p.stem for p in WORKFLOWS)
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_workflow_runs_as_shipped(comfy, object_info, path):
+    api = ui_to_api(json.loads(path.read_text()), object_info)
+    t0 = time.time()
+    entry = comfy.wait(comfy.queue(api), timeout=1200)
+    took = time.time() - t0
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
+    samples, rate = audio_samples(SPEECH)
+    want = math.ceil(samples * 25 / rate)  # the demo model runs at 25 fps
+    if path.stem == "letstalk_single_clip":
+        images = outputs_of(entry, "images")
+        assert len(images) == 16, images  # one clip of the demo model
+    else:
+        videos = outputs_of(entry, "images")  # SaveVideo reports its file under "images"
+        assert len(videos) == 1
+        v = videos[0]
+        frames, w, h, has_audio = probe_mp4(comfy.dirs["output"] / v["subfolder"] / v["filename"])
+        assert has_audio
+        assert frames == want, f"{frames} frames for {samples / rate:.3f} s at 25 fps, want {want}"
+        assert (w, h) == ((384, 224) if "face" in path.stem else (64, 64))
+    print(f"{path.stem}: ok in {took:.1f} s")
+
+
+async def _run_and_cancel(comfy, prompt: dict, cancel_after: int) -> dict:
+    """Queue ``prompt``, POST /interrupt after ``cancel_after`` sampling steps (counted from the pack's
+    per-step websocket events), and time how long the run goes on."""
+    import aiohttp
+
+    client_id = "letstalk-cancel-test"
+    ws_url = comfy.base.replace("http", "ws") + f"/ws?clientId={client_id}"
+    stamps, after, result = [], 0, {}
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(ws_url, max_msg_size=0) as ws:
+            pid = await asyncio.to_thread(comfy.queue, prompt, client_id)
+            t_int = None
+            async for msg in ws:
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    continue
+                d = json.loads(msg.data)
+                if d["type"] == "letstalk.progress" and d["data"].get("steps"):
+                    stamps.append(time.perf_counter())
+                    if t_int is not None:
+                        after += 1
+                    elif len(stamps) >= cancel_after:
+                        t_int = time.perf_counter()
+                        await asyncio.to_thread(comfy.post, "/interrupt", None)
+                elif d["type"] in ("execution_interrupted", "execution_error", "execution_success") and \
+                        d["data"].get("prompt_id") == pid:
+                    result = {"event": d["type"], "stop_s": time.perf_counter() - t_int if t_int else None,
+                              "steps_after": after, "step_s": (stamps[-1] - stamps[0]) / max(1, len(stamps) - 1)}
+                    break
+    return result
+
+
+def test_cancel_stops_within_one_step_and_next_run_succeeds(comfy, object_info):
+    api = load_api("letstalk_long_video", object_info)
+    loop = node_of(api, "LetsTalkMemoryBankLoop")
+    loop["inputs"].update(steps=40, seed=12345)  # long enough to cancel mid-clip
+    res = asyncio.run(_run_and_cancel(comfy, api, cancel_after=25))
+    print(f"cancel: {res}")
+    assert res["event"] == "execution_interrupted", res
+    assert res["steps_after"] <= 1, res
+    assert res["stop_s"] <= res["step_s"] + 1.0, res
+    assert comfy.alive()
+    single = load_api("letstalk_single_clip", object_info)
+    node_of(single, "LetsTalkSampler")["inputs"]["seed"] = 777
+    entry = comfy.wait(comfy.queue(single))
+    assert entry["status"]["status_str"] == "success", entry["status"]
+
+
+def _write_wav(path: Path, samples: int, rate: int = 16000) -> Path:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(b"\x00\x00" * samples)
+    return path
+
+
+def _bad_run(comfy, object_info, mutate) -> dict:
+    api = load_api("letstalk_long_video", object_info)
+    mutate(api)
+    entry = comfy.wait(comfy.queue(api), timeout=300)
+    err = error_of(entry)
+    assert comfy.alive(), "the server stopped serving after a bad input"
+    return err
+
+
+def test_missing_model_file_is_a_clear_node_error(comfy, object_info):
+    err = _bad_run(comfy, object_info,
+                   lambda api: node_of(api, "LetsTalkModelLoader")["inputs"].update(ckpt_name="gone.safetensors"))
+    assert err["node_type"] == "LetsTalkModelLoader"
+    assert "'gone.safetensors' was not found" in err["exception_message"]
+    assert "letstalk" in err["exception_message"]  # says which folder to put it in
+
+
+def test_silent_audio_is_a_clear_node_error(comfy, object_info, tmp_path):
+    name = comfy.upload(_write_wav(tmp_path / "letstalk_silence.wav", 32000))
+    err = _bad_run(comfy, object_info, lambda api: node_of(api, "LoadAudio")["inputs"].update(audio=name))
+    assert err["node_type"] == "LetsTalkMemoryBankLoop"
+    assert "silent" in err["exception_message"]
+
+
+def test_zero_length_audio_is_a_clear_node_error(comfy, object_info, tmp_path):
+    name = comfy.upload(_write_wav(tmp_path / "letstalk_empty.wav", 0))
+    err = _bad_run(comfy, object_info, lambda api: node_of(api, "LoadAudio")["inputs"].update(audio=name))
+    print(f"zero-length audio: {err['node_type']}: {err['exception_message']}")
+    assert err["node_type"] in ("LoadAudio", "LetsTalkMemoryBankLoop")
+    assert any(w in err["exception_message"].lower() for w in ("empty", "0 samples", "no audio", "no samples"))
+
+
+def test_huge_image_is_a_clear_node_error(comfy, object_info):
+    def huge(api):
+        api["90"] = {"class_type": "EmptyImage", "inputs": {"width": 9000, "height": 9000, "batch_size": 1, "color": 0}}
+        node_of(api, "LetsTalkMemoryBankLoop")["inputs"]["portrait"] = ["90", 0]
+
+    err = _bad_run(comfy, object_info, huge)
+    assert err["node_type"] == "LetsTalkMemoryBankLoop"
+    assert "9000×9000" in err["exception_message"] and "8192" in err["exception_message"]
+
+
+def test_resume_folder_resumes_after_an_interrupted_run(comfy, object_info):
+    api = load_api("letstalk_long_video", object_info)
+    loop = node_of(api, "LetsTalkMemoryBankLoop")
+    loop["inputs"].update(steps=4, seed=4242, resume_folder="letstalk/resume_test")
+    res = asyncio.run(_run_and_cancel(comfy, copy.deepcopy(api), cancel_after=4 * 10 + 2))  # inside clip 11
+    assert res["event"] == "execution_interrupted", res
+    folder = comfy.dirs["output"] / "letstalk" / "resume_test"
+    stored = sorted(folder.glob("clip_*.npy"))
+    assert len(stored) == 10, stored
+    t0 = time.time()
+    entry = comfy.wait(comfy.queue(api))
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    assert len(sorted(folder.glob("clip_*.npy"))) == 94  # 1500 frames in clips of 16
+    print(f"resumed run finished in {time.time() - t0:.1f} s")
+
+
+def test_plan_route_matches_the_audio(comfy):
+    plan = comfy.get("/letstalk/plan?audio=letstalk_demo_speech.flac&ckpt=letstalk-demo.safetensors")
+    samples, rate = audio_samples(SPEECH)
+    assert plan["frames"] == math.ceil(samples * 25 / rate)
+    assert plan["clips"] == math.ceil(plan["frames"] / 16)
+    assert abs(plan["seconds"] - samples / rate) < 1e-9
+
+
+def test_nothing_written_outside_output_and_temp(comfy):
+    """After all the runs above: no new files in the pack folder or the input folder."""
+    import subprocess
+
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=REPO,
+                            capture_output=True, text=True).stdout.splitlines()
+    new = [s for s in status if s.startswith("??") and "__pycache__" not in s and not s[3:].startswith("outputs/")]
+    assert not new, f"files appeared in the pack folder: {new}"
+    inputs = {p.name for p in comfy.dirs["input"].iterdir()}
+    assert inputs <= {p.name for p in ASSETS.iterdir()} | {"letstalk_silence.wav", "letstalk_empty.wav"}, inputs
