@@ -34,16 +34,36 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return table[dtype]
 
 
+def bundled_dcae(config, state: dict, source: str = "this checkpoint"):
+    """The DC-AE of ``config`` with a bundled state dict (``dcae.*`` of a checkpoint), checked, fp32, eval."""
+    from .autoencoder.dc_ae import DCAE
+    from .checkpoint import check_module_state
+
+    dcae = DCAE(config.dcae)
+    check_module_state(dcae, state, f"the autoencoder bundled in {source}")
+    dcae.load_state_dict(state)
+    return dcae.float().eval()
+
+
+def bundled_wav2vec2(config, state: dict, source: str = "this checkpoint"):
+    """The wav2vec2 encoder of ``config`` with a bundled state dict (``speech.*``), checked, eval."""
+    from .audio.wav2vec2 import Wav2Vec2Encoder
+    from .checkpoint import check_module_state
+
+    model = Wav2Vec2Encoder(config.speech_encoder.wav2vec2)
+    check_module_state(model, state, f"the speech encoder bundled in {source}")
+    model.load_state_dict(state)
+    return model.eval()
+
+
 def load_parts(config, dcae_state: dict | None = None, speech_state: dict | None = None, *, dcae_path=None,
                speech_encoder_path=None, device: torch.device = torch.device("cpu")):
     """The DC-AE and speech encoder a model config needs: from the given files, else from the state
     dicts bundled in a checkpoint (``dcae.*``/``speech.*``). Returns ``(dcae, SpeechEncoder)``; the
     DC-AE in float32 on ``device`` (the caller casts it), eval mode."""
     from .audio.features import SpeechEncoder
-    from .audio.wav2vec2 import Wav2Vec2Encoder, load_wav2vec2
+    from .audio.wav2vec2 import load_wav2vec2
     from .autoencoder.checkpoint import load_dcae
-    from .autoencoder.dc_ae import DCAE
-    from .checkpoint import check_module_state
 
     if dcae_path is not None:
         dcae = load_dcae(dcae_path, config.dcae)
@@ -51,9 +71,7 @@ def load_parts(config, dcae_state: dict | None = None, speech_state: dict | None
             raise ValueError(f"the DC-AE file gives {dcae.config.latent_channels} channels at {dcae.config.spatial_compression}× "
                              f"but the model was trained on {config.dcae.latent_channels} at {config.dcae.spatial_compression}×.")
     elif dcae_state:
-        dcae = DCAE(config.dcae)
-        check_module_state(dcae, dcae_state, "the autoencoder bundled in this checkpoint")
-        dcae.load_state_dict(dcae_state)
+        dcae = bundled_dcae(config, dcae_state)
     else:
         raise ValueError("no autoencoder weights: give the DC-AE file (--dcae) "
                          f"(config: {config.dcae.latent_channels} latent channels, {config.dcae.spatial_compression}×).")
@@ -62,9 +80,7 @@ def load_parts(config, dcae_state: dict | None = None, speech_state: dict | None
         if speech_encoder_path is not None:
             wav2vec2 = load_wav2vec2(speech_encoder_path)
         elif speech_state:
-            wav2vec2 = Wav2Vec2Encoder(config.speech_encoder.wav2vec2)
-            check_module_state(wav2vec2, speech_state, "the speech encoder bundled in this checkpoint")
-            wav2vec2.load_state_dict(speech_state)
+            wav2vec2 = bundled_wav2vec2(config, speech_state)
         else:
             raise ValueError("this model uses a wav2vec2 speech encoder; give its file "
                              "(e.g. wav2vec2-base-960h model.safetensors) with --speech-encoder.")

@@ -12,17 +12,18 @@ DTYPES = ["auto", "fp32", "bf16", "fp16"]
 
 
 def _bundled(config, groups, name: str) -> tuple[LoadedDCAE | None, LoadedSpeech | None]:
-    from ..letstalk_core.loading import load_parts
+    """Handles for the DC-AE and the speech front end bundled in a checkpoint (None where absent)."""
+    from ..letstalk_core.loading import bundled_dcae, bundled_wav2vec2
 
     dcae = speech = None
     if groups["dcae"]:
-        module, enc = load_parts(config, groups["dcae"], groups["speech"])
+        module = bundled_dcae(config, groups["dcae"], f"'{name}'")
         dcae = LoadedDCAE(f"{name} (bundled)", module, host.patcher_for(module, vae=True))
-        if enc.model is not None or config.speech_encoder.kind == "mel":
-            speech = LoadedSpeech(f"{name} ({config.speech_encoder.kind})", enc.model,
-                                  host.patcher_for(enc.model) if enc.model is not None else None)
-    elif config.speech_encoder.kind == "mel":
+    if config.speech_encoder.kind == "mel":
         speech = LoadedSpeech(f"{name} (log-mel)")
+    elif groups["speech"]:
+        module = bundled_wav2vec2(config, groups["speech"], f"'{name}'")
+        speech = LoadedSpeech(f"{name} (wav2vec2)", module, host.patcher_for(module))
     return dcae, speech
 
 
