@@ -264,9 +264,10 @@ class LetsTalkGenerator:
             raise ValueError(f"the audio features hold {features.shape[0] if features.ndim else 0} frames but "
                              f"{num_frames} frames in clips of {cfg.video.clip_frames} need {need}; encode the audio "
                              "with this model.")
-        if tuple(features.shape[1:]) != tuple(self.speech_encoder.feature_shape):
+        per_frame = (cfg.speech_encoder.layers, cfg.speech_encoder.channels)
+        if tuple(features.shape[1:]) != per_frame:
             raise ValueError(f"the audio features are {tuple(features.shape[1:])} per frame but this model's speech "
-                             f"encoder gives {tuple(self.speech_encoder.feature_shape)}; encode the audio with this model.")
+                             f"encoder gives {per_frame}; encode the audio with this model.")
         if portrait_latent.ndim != 4 or portrait_latent.shape[0] != 1 or portrait_latent.shape[1] != cfg.dcae.latent_channels:
             raise ValueError(f"the portrait latent has shape {tuple(portrait_latent.shape)} but this model needs "
                              f"[1, {cfg.dcae.latent_channels}, h, w] (a portrait through its DC-AE).")
