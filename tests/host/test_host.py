@@ -153,12 +153,12 @@ def test_cancel_stops_within_one_step_and_next_run_succeeds(comfy, object_info):
     assert entry["status"]["status_str"] == "success", entry["status"]
 
 
-def _write_wav(path: Path, samples: int, rate: int = 16000) -> Path:
+def _write_wav(path: Path, samples: int, rate: int = 16000, value: int = 0) -> Path:
     with wave.open(str(path), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
         w.setframerate(rate)
-        w.writeframes(b"\x00\x00" * samples)
+        w.writeframes(int(value).to_bytes(2, "little", signed=True) * samples)
     return path
 
 
@@ -192,6 +192,11 @@ def test_zero_length_audio_is_a_clear_node_error(comfy, object_info, tmp_path):
     print(f"zero-length audio: {err['node_type']}: {err['exception_message']}")
     assert err["node_type"] in ("LoadAudio", "LetsTalkMemoryBankLoop")
     assert any(w in err["exception_message"].lower() for w in ("empty", "0 samples", "no audio", "no samples"))
+    # ComfyUI's Load Audio refuses a file with no samples itself; a few samples reach our node:
+    name = comfy.upload(_write_wav(tmp_path / "letstalk_blip.wav", 5, value=8000))
+    err = _bad_run(comfy, object_info, lambda api: node_of(api, "LoadAudio")["inputs"].update(audio=name))
+    print(f"5-sample audio: {err['node_type']}: {err['exception_message']}")
+    assert err["node_type"] == "LetsTalkMemoryBankLoop" and "too short" in err["exception_message"]
 
 
 def test_huge_image_is_a_clear_node_error(comfy, object_info):
@@ -236,5 +241,6 @@ def test_nothing_written_outside_output_and_temp(comfy):
                             capture_output=True, text=True).stdout.splitlines()
     new = [s for s in status if s.startswith("??") and "__pycache__" not in s and not s[3:].startswith("outputs/")]
     assert not new, f"files appeared in the pack folder: {new}"
-    inputs = {p.name for p in comfy.dirs["input"].iterdir()}
-    assert inputs <= {p.name for p in ASSETS.iterdir()} | {"letstalk_silence.wav", "letstalk_empty.wav"}, inputs
+    inputs = {p.name for p in comfy.dirs["input"].iterdir() if p.is_file()}  # ComfyUI makes its own folders (3d/)
+    assert inputs <= {p.name for p in ASSETS.iterdir()} | {"letstalk_silence.wav", "letstalk_empty.wav",
+                                                                  "letstalk_blip.wav"}, inputs
