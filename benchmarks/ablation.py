@@ -41,10 +41,10 @@ def _score(video: Path, truth_json: Path, clip_frames: int) -> dict:
 
 
 def _job(args) -> dict:
-    name, ckpt, nomem, truth_json, out_dir, steps, audio_scale, threads = args
+    name, ckpt, nomem, mem, truth_json, out_dir, steps, audio_scale, threads = args
     cached = Path(out_dir) / f"{Path(truth_json).stem}.json"
     key = {"checkpoint": str(Path(ckpt).resolve()), "mtime": Path(ckpt).stat().st_mtime, "steps": steps, "nomem": nomem,
-           "audio_scale": audio_scale}
+           "audio_scale": audio_scale, **({"memory_scale": mem} if mem != 1.0 else {})}
     if cached.is_file():  # rows are re-used across invocations (run the table in parts)
         old = json.loads(cached.read_text())
         if old.get("key") == key:
@@ -66,7 +66,7 @@ def _job(args) -> dict:
     image = load_image(folder / truth["files"]["portrait"])
     wave, rate = load_audio(folder / truth["files"]["audio"])
     t0 = time.perf_counter()
-    settings = GenerationSettings(steps=steps, seed=0, use_memory=not nomem, guidance=GuidanceScales(audio=audio_scale))
+    settings = GenerationSettings(steps=steps, seed=0, use_memory=not nomem, guidance=GuidanceScales(audio=audio_scale, memory=mem))
     prepared = write_video(gen, image, wave, rate, video, settings)
     ms = 1000 * (time.perf_counter() - t0) / prepared.num_frames
     result = _score(video, Path(truth_json), gen.config.video.clip_frames)
@@ -85,15 +85,23 @@ def _aggregate(results: list[dict]) -> dict:
     return agg
 
 
-def parse_row(text: str) -> tuple[str, str, bool]:
+def parse_row(text: str) -> tuple[str, str, bool, float]:
+    """``NAME=CHECKPOINT[:nomem][:mem=S]``: memory bank off, or memory guidance scale S."""
     name, sep, spec = text.partition("=")
     if not sep:
-        raise SystemExit(f"--row {text!r}: expected NAME=CHECKPOINT[:nomem]")
-    nomem = spec.endswith(":nomem")
-    ckpt = spec[: -len(":nomem")] if nomem else spec
+        raise SystemExit(f"--row {text!r}: expected NAME=CHECKPOINT[:nomem][:mem=S]")
+    ckpt, *opts = spec.split(":")
+    nomem, mem = False, 1.0
+    for opt in opts:
+        if opt == "nomem":
+            nomem = True
+        elif opt.startswith("mem="):
+            mem = float(opt[4:])
+        else:
+            raise SystemExit(f"--row {text!r}: unknown option {opt!r} (nomem, mem=S)")
     if not Path(ckpt).is_file():
         raise SystemExit(f"--row {text!r}: checkpoint '{ckpt}' does not exist")
-    return name.strip(), ckpt, nomem
+    return name.strip(), ckpt, nomem, mem
 
 
 def main() -> int:
@@ -115,9 +123,9 @@ def main() -> int:
         raise SystemExit(f"no ground-truth JSONs in {a.heldout}")
     rows = [parse_row(r) for r in a.row]
     out = Path(a.out)
-    jobs = [(name, ckpt, nomem, str(t), str(out / name.replace(" ", "_").replace(",", "").replace("@", "at")), a.steps,
+    jobs = [(name, ckpt, nomem, mem, str(t), str(out / name.replace(" ", "_").replace(",", "").replace("@", "at")), a.steps,
              a.audio_scale, 1 if a.workers > 1 else 2)
-            for name, ckpt, nomem in rows for t in truths]
+            for name, ckpt, nomem, mem in rows for t in truths]
     t0 = time.perf_counter()
     with ProcessPoolExecutor(a.workers) as pool:
         results = list(pool.map(_job, jobs))
@@ -126,7 +134,7 @@ def main() -> int:
         truth = json.loads(t.read_text())
         gt.append(_score(t.parent / truth["files"]["video"], t, a.clip_frames))
     table_rows = [("ground truth (rendered)", _aggregate(gt))]
-    table_rows += [(name, _aggregate([r for r in results if r["row"] == name])) for name, _, _ in rows]
+    table_rows += [(name, _aggregate([r for r in results if r["row"] == name])) for name, *_ in rows]
     from letstalk_core.eval.report import format_table
 
     table = format_table(table_rows, columns=COLUMNS, first="model / setting")

@@ -22,13 +22,18 @@ import torch
 
 @dataclass(frozen=True)
 class GuidanceScales:
-    """``portrait`` = s_p and ``audio`` = s_a; 1.0 turns that guidance off (plain conditional)."""
+    """``portrait`` = s_p and ``audio`` = s_a; 1.0 turns that guidance off (plain conditional).
+    ``memory`` = s_m guides toward the memory bank: training replaces the memory with the portrait
+    for a fraction of samples (``p_memory_from_portrait``), so ε(·, m = portrait) is a learned
+    "no history" branch, and ε̂ += (s_m − 1)·(ε(p, a, m) − ε(p, a, m = portrait)) pulls a clip toward
+    continuing the frames before it (smoother clip seams); 1.0 = off."""
 
     portrait: float = 1.0
     audio: float = 1.0
+    memory: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("portrait", "audio"):
+        for name in ("portrait", "audio", "memory"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 30.0:
                 raise ValueError(f"{name} guidance scale must be a number in [0, 30]; got {v!r}. Use 1.0 for no guidance.")
@@ -62,6 +67,13 @@ def guided_model_fn(model, *, portrait: torch.Tensor, audio_tokens: torch.Tensor
     once here and reused at every step. The sampler's state stays in its own dtype (fp32); the model
     runs in its parameters' dtype (e.g. bf16) and its output is returned as fp32."""
     branches = guidance_branches(scales)
+    no_history = None
+    if scales.memory != 1.0 and memory is not None and memory.shape[2] > 0:
+        no_history = portrait[:, :, None].expand_as(memory)  # the memory of clip 0 (initial_memory)
+        if torch.equal(no_history, memory):
+            no_history = None  # clip 0: both branches are the same
+    if no_history is not None:
+        branches = branches + [(True, True)]  # the fully conditioned branch again, with no history
     n, b = len(branches), portrait.shape[0]
     dev = portrait.device
     portrait_keep = torch.tensor([p for p, _ in branches], device=dev).repeat_interleave(b)
@@ -69,13 +81,22 @@ def guided_model_fn(model, *, portrait: torch.Tensor, audio_tokens: torch.Tensor
     dtype = next(model.parameters()).dtype
     ctx = model.prepare_portrait(portrait.to(dtype).repeat(n, 1, 1, 1), portrait_keep)
     audio = audio_tokens.to(dtype).repeat(n, 1, 1, 1) * audio_keep.view(-1, 1, 1, 1).to(dtype)
-    mem = None if memory is None else memory.to(dtype).repeat(n, 1, 1, 1, 1)
+    if memory is None:
+        mem = None
+    elif no_history is None:
+        mem = memory.to(dtype).repeat(n, 1, 1, 1, 1)
+    else:
+        mem = torch.cat([memory.to(dtype).repeat(n - 1, 1, 1, 1, 1), no_history.to(dtype)])
 
     def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         out = model(x.to(dtype).repeat(n, 1, 1, 1, 1), t.repeat(n), portrait=ctx, audio_tokens=audio, memory=mem).float()
         chunks = out.chunk(n, dim=0)
-        eps = combine_guidance([c[:, :eps_channels] for c in chunks], scales)
-        return torch.cat([eps, chunks[-1][:, eps_channels:]], dim=1)
+        if no_history is None:
+            eps = combine_guidance([c[:, :eps_channels] for c in chunks], scales)
+            return torch.cat([eps, chunks[-1][:, eps_channels:]], dim=1)
+        eps = combine_guidance([c[:, :eps_channels] for c in chunks[:-1]], scales)
+        eps = eps + (scales.memory - 1.0) * (chunks[-2][:, :eps_channels] - chunks[-1][:, :eps_channels])
+        return torch.cat([eps, chunks[-2][:, eps_channels:]], dim=1)
 
     return model_fn
 

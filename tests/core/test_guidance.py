@@ -50,3 +50,33 @@ def test_condition_dropout_rates():
     assert both == pytest.approx(0.05 + 0.95 * 0.02, abs=0.01)
     with pytest.raises(ValueError, match="p_audio must be a probability"):
         condition_dropout(4, p_portrait=0.1, p_audio=1.5, p_both=0.0)
+
+
+@pytest.mark.parametrize("scales", [GuidanceScales(memory=2.0), GuidanceScales(audio=2.0, memory=1.5)])
+def test_memory_guidance_equals_separate_branches(scales):
+    """ε̂ = guided(m) + (s_m − 1)·(ε(p, a, m) − ε(p, a, m = portrait)), in one batched call; at clip 0
+    (memory = the portrait) it is plain guidance."""
+    cfg = get_preset("tiny")
+    model = LetsTalkTransformer(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    c, (h, w), frames = cfg.dit.in_channels, cfg.latent_size, cfg.video.clip_frames
+    ap = cfg.audio_projector
+    x, t = torch.randn(1, c, frames, h, w), torch.tensor([300.0])
+    portrait, memory = torch.randn(1, c, h, w), torch.randn(1, c, 2, h, w)
+    no_history = portrait[:, :, None].repeat(1, 1, 2, 1, 1)
+    with torch.no_grad():
+        tokens = model.project_audio(torch.randn(1, frames, ap.window, ap.layers, ap.channels))
+        out = guided_model_fn(model, portrait=portrait, audio_tokens=tokens, memory=memory, scales=scales, eps_channels=c)(x, t)
+        plain = GuidanceScales(portrait=scales.portrait, audio=scales.audio)
+        base = guided_model_fn(model, portrait=portrait, audio_tokens=tokens, memory=memory, scales=plain, eps_channels=c)(x, t)
+        full = model(x, t, portrait=portrait, audio_tokens=tokens, memory=memory)
+        free = model(x, t, portrait=portrait, audio_tokens=tokens, memory=no_history)
+        clip0 = guided_model_fn(model, portrait=portrait, audio_tokens=tokens, memory=no_history, scales=scales, eps_channels=c)(x, t)
+        clip0_plain = guided_model_fn(model, portrait=portrait, audio_tokens=tokens, memory=no_history, scales=plain,
+                                      eps_channels=c)(x, t)
+    expected = base[:, :c] + (scales.memory - 1) * (full[:, :c] - free[:, :c])
+    assert (out[:, :c] - expected).abs().max() < 1e-5
+    assert (full[:, :c] - free[:, :c]).abs().max() > 1e-3  # the memory matters, so the test can fail
+    assert torch.equal(clip0, clip0_plain)
