@@ -26,6 +26,9 @@ def _add_generate(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--audio-scale", type=float, default=1.0, help="audio guidance scale (1 = off)")
     p.add_argument("--portrait-scale", type=float, default=1.0, help="portrait guidance scale (1 = off)")
+    p.add_argument("--memory-scale", type=float, default=1.0,
+                   help="experimental memory guidance scale (1 = off); >1 extrapolates from the no-history branch "
+                        "toward the memory bank (one extra batched branch). It diverged at 2 on the demo model.")
     p.add_argument("--no-memory", action="store_true", help="generate every clip from the portrait only (ablation)")
     p.add_argument("--size-mode", default="model", choices=["model", "keep"],
                    help="model: crop+resize the portrait to the model's size; keep: use the image's size")
@@ -52,7 +55,7 @@ def cmd_generate(a) -> int:
     image = load_image(a.image)
     waveform, rate = load_audio(a.audio)
     settings = GenerationSettings(sampler=a.sampler, steps=a.steps, seed=a.seed,
-                                  guidance=GuidanceScales(portrait=a.portrait_scale, audio=a.audio_scale),
+                                  guidance=GuidanceScales(portrait=a.portrait_scale, audio=a.audio_scale, memory=a.memory_scale),
                                   use_memory=not a.no_memory)
     gen = load_generator(a.checkpoint, dcae_path=a.dcae, speech_encoder_path=a.speech_encoder, device=a.device, dtype=a.dtype)
     t0 = time.perf_counter()

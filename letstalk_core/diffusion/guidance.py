@@ -25,8 +25,9 @@ class GuidanceScales:
     """``portrait`` = s_p and ``audio`` = s_a; 1.0 turns that guidance off (plain conditional).
     ``memory`` = s_m guides toward the memory bank: training replaces the memory with the portrait
     for a fraction of samples (``p_memory_from_portrait``), so ε(·, m = portrait) is a learned
-    "no history" branch, and ε̂ += (s_m − 1)·(ε(p, a, m) − ε(p, a, m = portrait)) pulls a clip toward
-    continuing the frames before it (smoother clip seams); 1.0 = off."""
+    "no history" branch, and ε̂ += (s_m − 1)·(ε(p, a, m) − ε(p, a, m = portrait)) extrapolates toward
+    continuing the frames before it; 1.0 = off. Experimental: on the demo model s_m = 2 diverged
+    (README, ablation), so nothing uses it by default."""
 
     portrait: float = 1.0
     audio: float = 1.0
