@@ -26,7 +26,7 @@ TRAIN_DATA = dict(count=320, seconds=10, seed=1000)
 HELDOUT_DATA = dict(count=4, seconds=60, seed=9000)
 
 
-def commands(work: Path, steps: int, threads: int) -> list[list[str]]:
+def commands(work: Path, steps: int, threads: int, run: str = "run") -> list[list[str]]:
     lt = [sys.executable, "-m", "letstalk_core.cli"]  # = the `letstalk` command of this environment
     return [
         lt + ["synth", "--out", str(work / "train"), "--count", str(TRAIN_DATA["count"]), "--seconds",
@@ -39,7 +39,7 @@ def commands(work: Path, steps: int, threads: int) -> list[list[str]]:
               str(work / "dcae.model_config.json"), "--dcae", str(work / "dcae.safetensors"), "--detector", "none",
               "--workers", "2", "--keep-frames"],
         lt + ["train", "configs/demo_train.json", "--set", f"data={work / 'shards'}",
-              "--set", f"out={work / 'run'}", "--set", f"dcae={work / 'dcae.safetensors'}",
+              "--set", f"out={work / run}", "--set", f"dcae={work / 'dcae.safetensors'}",
               "--set", f"model={work / 'dcae.model_config.json'}", "--set", f"steps={steps}",
               "--set", f"threads={threads}", "--no-progress"],
     ]
@@ -48,7 +48,8 @@ def commands(work: Path, steps: int, threads: int) -> list[list[str]]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="outputs/demo-build", help="build folder (relative to the repository)")
-    ap.add_argument("--steps", type=int, default=6000, help="DiT training steps")
+    ap.add_argument("--steps", type=int, default=5000, help="DiT training steps")
+    ap.add_argument("--run", default="run", help="the DiT run folder inside --work")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads for the DiT training (0 = torch's default)")
     ap.add_argument("--out", default="models/letstalk-demo.safetensors")
     ap.add_argument("--only", type=int, nargs="*", help="run only these stage numbers (1-5)")
@@ -57,7 +58,7 @@ def main() -> int:
     work = Path(a.work)
     outputs = [work / "train" / "manifest.json", work / "heldout" / "manifest.json", work / "dcae.safetensors",
                work / "shards" / "index.json", None]
-    cmds = commands(work, a.steps, a.threads)
+    cmds = commands(work, a.steps, a.threads, a.run)
     for i, (cmd, done) in enumerate(zip(cmds, outputs), 1):
         if a.only and i not in a.only:
             continue
@@ -74,7 +75,7 @@ def main() -> int:
 
     recipe = {"commands": [shlex.join(["letstalk", *c[3:]]) for c in cmds], "train_data": TRAIN_DATA,
               "heldout_data": HELDOUT_DATA, "script": "scripts/train_demo.py"}
-    stamp_provenance(work / "run" / "model.safetensors", Path(a.out), recipe)
+    stamp_provenance(work / a.run / "model.safetensors", Path(a.out), recipe)
     print(f"demo model: {a.out}")
     return 0
 
