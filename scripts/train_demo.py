@@ -48,7 +48,7 @@ def commands(work: Path, steps: int, threads: int, run: str = "run") -> list[lis
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="outputs/demo-build", help="build folder (relative to the repository)")
-    ap.add_argument("--steps", type=int, default=5000, help="DiT training steps")
+    ap.add_argument("--steps", type=int, default=4000, help="DiT training steps")
     ap.add_argument("--run", default="run", help="the DiT run folder inside --work")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads for the DiT training (0 = torch's default)")
     ap.add_argument("--out", default="models/letstalk-demo.safetensors")
@@ -75,7 +75,9 @@ def main() -> int:
 
     recipe = {"commands": [shlex.join(["letstalk", *c[3:]]) for c in cmds], "train_data": TRAIN_DATA,
               "heldout_data": HELDOUT_DATA, "script": "scripts/train_demo.py"}
-    stamp_provenance(work / a.run / "model.safetensors", Path(a.out), recipe)
+    # The EMA export at exactly --steps (written when the run went further than that), else the final one.
+    src = work / a.run / f"model_step_{a.steps:07d}.safetensors"
+    stamp_provenance(src if src.is_file() else work / a.run / "model.safetensors", Path(a.out), recipe)
     print(f"demo model: {a.out}")
     return 0
 
