@@ -48,7 +48,7 @@ def _job(args) -> dict:
     if cached.is_file():  # rows are re-used across invocations (run the table in parts)
         old = json.loads(cached.read_text())
         if old.get("key") == key:
-            return old["result"]
+            return {**old["result"], "row": name}  # the same run under this table's row name
     import torch
 
     torch.set_num_threads(threads)
