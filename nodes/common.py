@@ -136,4 +136,4 @@ def check_host_memory(nbytes: int, what: str) -> None:
     avail = psutil.virtual_memory().available
     if nbytes > 0.8 * avail:
         raise MemoryError(f"{what} need {nbytes / 2**30:.1f} GiB as an IMAGE batch but only {avail / 2**30:.1f} GiB of "
-                          "RAM is free. Use shorter audio, or set 'resume_folder' and run it in parts.")
+                          "RAM is free. Use a shorter speech track (split it and join the videos), a smaller photo, or free memory.")

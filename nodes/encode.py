@@ -92,15 +92,12 @@ class LetsTalkDCAEEncode(io.ComfyNode):
 
         frames = common.image_to_core(image, "image")
         factor = dcae.module.config.spatial_compression
-        if size:
-            frames = torch.cat([prepare_portrait_image(f, size, size, factor=factor) for f in frames])
-        elif frames.shape[-1] % factor or frames.shape[-2] % factor:
+        if not size and (frames.shape[-1] % factor or frames.shape[-2] % factor):
             raise ValueError(f"the image is {frames.shape[-1]}×{frames.shape[-2]}; the DC-AE needs sides that are "
                              f"multiples of {factor}. Set 'size' (e.g. 64) or resize the image first.")
-        if frames.shape[1] == 4:
-            frames = prepare_portrait_image(frames[:1], frames.shape[-2], frames.shape[-1], factor=factor)
-        elif frames.shape[1] == 1:
-            frames = frames.expand(-1, 3, -1, -1)
+        h, w = (size, size) if size else frames.shape[-2:]
+        mode = "model" if size else "keep"  # gray → RGB, RGBA over white, and the crop/resize when sized
+        frames = torch.cat([prepare_portrait_image(f, h, w, size_mode=mode, factor=factor) for f in frames])
         host.load_to_device(dcae.patcher)
         dev = dcae.patcher.load_device
         latents = encode_frames(dcae.module.to(dev), frames, chunk_size=chunk).cpu()

@@ -244,3 +244,29 @@ def test_nothing_written_outside_output_and_temp(comfy):
     inputs = {p.name for p in comfy.dirs["input"].iterdir() if p.is_file()}  # ComfyUI makes its own folders (3d/)
     assert inputs <= {p.name for p in ASSETS.iterdir()} | {"letstalk_silence.wav", "letstalk_empty.wav",
                                                                   "letstalk_blip.wav"}, inputs
+
+
+def test_dcae_loader_file_and_batch_round_trip(comfy):
+    """A DC-AE file in models/vae (the demo model's own autoencoder, saved by the core) loads through
+    LetsTalk DC-AE Loader, and a batch of 3 RGB images goes through DC-AE Encode → Decode."""
+    from letstalk_core.autoencoder.checkpoint import save_dcae
+    from letstalk_core.checkpoint import read_checkpoint
+    from letstalk_core.loading import bundled_dcae
+
+    config, groups, _ = read_checkpoint(REPO / "models" / "letstalk-demo.safetensors")
+    save_dcae(bundled_dcae(config, groups["dcae"]), config.dcae, comfy.dirs["models"] / "vae" / "letstalk_test_dcae.safetensors")
+    api = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 96, "height": 64, "batch_size": 3, "color": 0x8040C0}},
+        "2": {"class_type": "LetsTalkDCAELoader", "inputs": {"dcae_name": "letstalk_test_dcae.safetensors"}},
+        "3": {"class_type": "LetsTalkDCAEEncode", "inputs": {"dcae": ["2", 0], "image": ["1", 0], "size": 0, "chunk": 2}},
+        "4": {"class_type": "LetsTalkDCAEDecode", "inputs": {"dcae": ["2", 0], "latent": ["3", 0], "chunk": 2}},
+        "5": {"class_type": "SaveImage", "inputs": {"images": ["4", 0], "filename_prefix": "letstalk/dcae_round_trip"}},
+    }
+    entry = comfy.wait(comfy.queue(api))
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
+    images = outputs_of(entry, "images")
+    assert len(images) == 3
+    from PIL import Image
+
+    img = Image.open(comfy.dirs["output"] / images[0]["subfolder"] / images[0]["filename"])
+    assert img.size == (96, 64)
