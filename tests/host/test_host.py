@@ -270,3 +270,82 @@ def test_dcae_loader_file_and_batch_round_trip(comfy):
 
     img = Image.open(comfy.dirs["output"] / images[0]["subfolder"] / images[0]["filename"])
     assert img.size == (96, 64)
+
+
+def test_native_audio_encoder_equals_the_packs_speech_encoder_loader(comfy, tmp_path):
+    """ComfyUI's own Load Audio Encoder output is accepted as the speech encoder: its wav2vec2 weights
+    go through the LetsTalk/Hallo feature recipe, so a clip sampled with it equals one sampled with
+    LetsTalk Speech Encoder Loader on the same file (random wav2vec2-base weights in the HF layout,
+    positional conv as weight-norm parametrisation, and an untrained wav2vec2-conditioned tiny model)."""
+    import dataclasses
+
+    import torch
+    from safetensors.torch import save_file
+
+    from letstalk_core.audio.features import SpeechEncoderConfig
+    from letstalk_core.audio.wav2vec2 import WAV2VEC2_PRESETS, Wav2Vec2Encoder
+    from letstalk_core.autoencoder.dc_ae import DCAE
+    from letstalk_core.checkpoint import save_checkpoint
+    from letstalk_core.config import get_preset
+    from letstalk_core.dit.transformer import LetsTalkTransformer
+
+    torch.manual_seed(0)
+    w2v = Wav2Vec2Encoder(WAV2VEC2_PRESETS["wav2vec2-base"])
+    sd = {k: v.detach().clone().half() for k, v in w2v.state_dict().items()}
+    weight = sd.pop("encoder.pos_conv_embed.conv.weight").float()
+    g = weight.norm(dim=(0, 1), keepdim=True)
+    sd["encoder.pos_conv_embed.conv.parametrizations.weight.original0"] = g.half()
+    sd["encoder.pos_conv_embed.conv.parametrizations.weight.original1"] = weight.half()
+    sd["masked_spec_embed"] = torch.zeros(768, dtype=torch.float16)
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(comfy.dirs["models"] / "audio_encoders" / "letstalk_test_w2v.safetensors"))
+    other = {k: (v + 0.05 * torch.randn_like(v.float()).half()) if v.ndim > 1 else v for k, v in sd.items()}
+    save_file({k: v.contiguous() for k, v in other.items()}, str(comfy.dirs["models"] / "audio_encoders" / "letstalk_test_w2v_other.safetensors"))
+
+    tiny = get_preset("tiny")
+    cfg = dataclasses.replace(tiny, speech_encoder=SpeechEncoderConfig(kind="wav2vec2"), audio_projector=None)
+    model = LetsTalkTransformer(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    save_checkpoint(comfy.dirs["models"] / "letstalk" / "letstalk_test_w2v_tiny.safetensors", cfg, model, dcae=DCAE(cfg.dcae))
+
+    def graph(speech_node: dict, prefix: str) -> dict:
+        return {
+            "1": {"class_type": "LoadImage", "inputs": {"image": "letstalk_demo_portrait.png"}},
+            "2": {"class_type": "LoadAudio", "inputs": {"audio": "letstalk_demo_speech.flac"}},
+            "3": {"class_type": "TrimAudioDuration", "inputs": {"audio": ["2", 0], "start_index": 1.0, "duration": 1.5}},
+            "4": {"class_type": "LetsTalkModelLoader", "inputs": {"ckpt_name": "letstalk_test_w2v_tiny.safetensors",
+                                                                    "weight_dtype": "fp32"}},
+            "5": speech_node,
+            "6": {"class_type": "LetsTalkDCAEEncode", "inputs": {"dcae": ["4", 1], "image": ["1", 0], "size": 32, "chunk": 8}},
+            "7": {"class_type": "LetsTalkAudioEncoder", "inputs": {"model": ["4", 0], "audio": ["3", 0], "fps": 0.0,
+                                                                     "speech_encoder": ["5", 0]}},
+            "8": {"class_type": "LetsTalkSampler", "inputs": {"model": ["4", 0], "portrait": ["6", 0], "audio_features": ["7", 0],
+                                                                "clip_index": 1, "sampler": "auto", "steps": 3, "seed": 5,
+                                                                "portrait_guidance": 1.0, "audio_guidance": 1.0}},
+            "9": {"class_type": "LetsTalkDCAEDecode", "inputs": {"dcae": ["4", 1], "latent": ["8", 0], "chunk": 8}},
+            "10": {"class_type": "SaveImage", "inputs": {"images": ["9", 0], "filename_prefix": prefix}},
+        }
+
+    import numpy as np
+    from PIL import Image
+
+    frames = {}
+    for prefix, node in (("letstalk/w2v_native", {"class_type": "AudioEncoderLoader",
+                                                  "inputs": {"audio_encoder_name": "letstalk_test_w2v.safetensors"}}),
+                         ("letstalk/w2v_pack", {"class_type": "LetsTalkSpeechEncoderLoader",
+                                                "inputs": {"encoder_name": "letstalk_test_w2v.safetensors"}}),
+                         ("letstalk/w2v_other", {"class_type": "LetsTalkSpeechEncoderLoader",
+                                                 "inputs": {"encoder_name": "letstalk_test_w2v_other.safetensors"}})):
+        entry = comfy.wait(comfy.queue(graph(node, prefix)))
+        assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
+        images = outputs_of(entry, "images")
+        assert len(images) == 8  # clip 1 of the tiny model (8-frame clips)
+        frames[prefix] = np.stack([np.asarray(Image.open(comfy.dirs["output"] / i["subfolder"] / i["filename"]))
+                                   for i in images]).astype(np.int16)
+    diff = np.abs(frames["letstalk/w2v_native"] - frames["letstalk/w2v_pack"]).max()
+    assert diff <= 1, f"native audio encoder and the pack's loader disagree by {diff} levels"
+    # ...while other speech-encoder weights change the frames, so the comparison can fail
+    moved = np.abs(frames["letstalk/w2v_other"] - frames["letstalk/w2v_pack"]).max()
+    print(f"native vs pack loader: max {diff} levels; other weights: max {moved} levels")
+    assert moved > 4
