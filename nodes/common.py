@@ -63,11 +63,7 @@ def resolve_parts(model: LoadedModel, dcae: LoadedDCAE | None, speech) -> tuple[
     dcae = dcae if dcae is not None else model.dcae
     if dcae is None:
         raise ValueError(f"'{model.name}' has no DC-AE bundled; connect a LetsTalk DC-AE Loader to 'dcae'.")
-    speech = speech if speech is not None else model.speech
-    if speech is None:
-        raise ValueError(f"'{model.name}' uses a wav2vec2 speech encoder that is not bundled; connect LetsTalk Speech "
-                         "Encoder Loader (or the native Load Audio Encoder) to 'speech_encoder'.")
-    return dcae, speech
+    return dcae, speech if speech is not None else model.speech  # None is refused by speech_encoder_for
 
 
 def speech_encoder_for(model: LoadedModel, speech):

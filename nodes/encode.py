@@ -122,6 +122,8 @@ class LetsTalkDCAEDecode(io.ComfyNode):
 
     @classmethod
     def execute(cls, dcae, latent, chunk=8) -> io.NodeOutput:
+        import torch
+
         from ..letstalk_core.autoencoder.dc_ae import iter_decode
 
         z = latent["samples"] if isinstance(latent, dict) else latent
@@ -133,8 +135,6 @@ class LetsTalkDCAEDecode(io.ComfyNode):
         for frames in iter_decode(dcae.module.to(dev), z.float(), chunk_size=chunk):
             host.check_interrupt()
             out.append(common.core_to_image(frames))
-        import torch
-
         return io.NodeOutput(torch.cat(out))
 
 

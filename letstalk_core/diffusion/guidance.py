@@ -19,6 +19,8 @@ from typing import Callable
 
 import torch
 
+from ..memory.bank import initial_memory
+
 
 @dataclass(frozen=True)
 class GuidanceScales:
@@ -70,7 +72,7 @@ def guided_model_fn(model, *, portrait: torch.Tensor, audio_tokens: torch.Tensor
     branches = guidance_branches(scales)
     no_history = None
     if scales.memory != 1.0 and memory is not None and memory.shape[2] > 0:
-        no_history = portrait[:, :, None].expand_as(memory)  # the memory of clip 0 (initial_memory)
+        no_history = initial_memory(portrait, memory.shape[2])  # the memory of clip 0
         if torch.equal(no_history, memory):
             no_history = None  # clip 0: both branches are the same
     if no_history is not None:

@@ -16,8 +16,8 @@ def test_branch_selection():
         GuidanceScales(audio=float("nan"))
 
 
-@pytest.mark.parametrize("scales", [GuidanceScales(), GuidanceScales(audio=3.5), GuidanceScales(portrait=2.0, audio=4.0)])
-def test_batched_guidance_equals_separate_branches(scales):
+def _tiny_inputs():
+    """A perturbed tiny transformer (so no branch is trivially equal) and one set of its inputs."""
     cfg = get_preset("tiny")
     model = LetsTalkTransformer(cfg)
     with torch.no_grad():
@@ -29,6 +29,13 @@ def test_batched_guidance_equals_separate_branches(scales):
     portrait, memory = torch.randn(1, c, h, w), torch.randn(1, c, 2, h, w)
     with torch.no_grad():
         tokens = model.project_audio(torch.randn(1, frames, ap.window, ap.layers, ap.channels))
+    return model, c, x, t, portrait, memory, tokens
+
+
+@pytest.mark.parametrize("scales", [GuidanceScales(), GuidanceScales(audio=3.5), GuidanceScales(portrait=2.0, audio=4.0)])
+def test_batched_guidance_equals_separate_branches(scales):
+    model, c, x, t, portrait, memory, tokens = _tiny_inputs()
+    with torch.no_grad():
         fn = guided_model_fn(model, portrait=portrait, audio_tokens=tokens, memory=memory, scales=scales, eps_channels=c)
         out = fn(x, t)
         outs = [model(x, t, portrait=portrait, audio_tokens=tokens, memory=memory,
@@ -56,18 +63,9 @@ def test_condition_dropout_rates():
 def test_memory_guidance_equals_separate_branches(scales):
     """ε̂ = guided(m) + (s_m − 1)·(ε(p, a, m) − ε(p, a, m = portrait)), in one batched call; at clip 0
     (memory = the portrait) it is plain guidance."""
-    cfg = get_preset("tiny")
-    model = LetsTalkTransformer(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    c, (h, w), frames = cfg.dit.in_channels, cfg.latent_size, cfg.video.clip_frames
-    ap = cfg.audio_projector
-    x, t = torch.randn(1, c, frames, h, w), torch.tensor([300.0])
-    portrait, memory = torch.randn(1, c, h, w), torch.randn(1, c, 2, h, w)
+    model, c, x, t, portrait, memory, tokens = _tiny_inputs()
     no_history = portrait[:, :, None].repeat(1, 1, 2, 1, 1)
     with torch.no_grad():
-        tokens = model.project_audio(torch.randn(1, frames, ap.window, ap.layers, ap.channels))
         out = guided_model_fn(model, portrait=portrait, audio_tokens=tokens, memory=memory, scales=scales, eps_channels=c)(x, t)
         plain = GuidanceScales(portrait=scales.portrait, audio=scales.audio)
         base = guided_model_fn(model, portrait=portrait, audio_tokens=tokens, memory=memory, scales=plain, eps_channels=c)(x, t)
