@@ -7,8 +7,9 @@
         --row "demo model, memory off=models/letstalk-demo.safetensors:nomem" \\
         --out outputs/ablation --workers 2
 
-A row is ``NAME=CHECKPOINT`` with an optional ``:nomem`` (memory bank off at inference: every clip
-starts from the portrait). Each (row, video) result is kept in the output folder and re-used while
+A row is ``NAME=CHECKPOINT`` with options ``:nomem`` (memory bank off at inference: every clip
+starts from the portrait), ``:mem=S`` (memory guidance scale S) and ``:overlap=M`` (consecutive
+clips share M crossfaded frames; seams are scored over the whole crossfade). Each (row, video) result is kept in the output folder and re-used while
 the checkpoint and settings are unchanged, so a table can be computed in parts. Metrics per video (``letstalk_core.eval``): lip-sync correlation and best
 lag of the mouth opening measured in the frames against the ground truth; CIEDE2000 colour drift of
 face and hair against the portrait per 10 s window (max and slope); clip-boundary jump (frame change
@@ -31,20 +32,21 @@ COLUMNS = ["lipsync_corr", "lipsync_best_lag", "face_de_max", "face_de_slope_per
 WORST = {"face_de_max": max, "hair_de_max": max, "lipsync_best_lag": lambda v: max(v, key=abs)}
 
 
-def _score(video: Path, truth_json: Path, clip_frames: int) -> dict:
+def _score(video: Path, truth_json: Path, clip_frames: int, overlap: int = 0) -> dict:
     from letstalk_core.data.procedural import measure_mouth_opening
     from letstalk_core.eval.report import evaluate_video, load_eval_truth
 
     truth = load_eval_truth(truth_json)
-    return evaluate_video(video, clip_frames=clip_frames, portrait=truth["portrait"], masks=truth["masks"],
+    return evaluate_video(video, clip_frames=clip_frames, overlap=overlap, portrait=truth["portrait"], masks=truth["masks"],
                           truth_mouth=truth["mouth"], measure_mouth=measure_mouth_opening)
 
 
 def _job(args) -> dict:
-    name, ckpt, nomem, mem, truth_json, out_dir, steps, audio_scale, threads = args
+    name, ckpt, nomem, mem, overlap, truth_json, out_dir, steps, audio_scale, threads = args
     cached = Path(out_dir) / f"{Path(truth_json).stem}.json"
     key = {"checkpoint": str(Path(ckpt).resolve()), "mtime": Path(ckpt).stat().st_mtime, "steps": steps, "nomem": nomem,
-           "audio_scale": audio_scale, **({"memory_scale": mem} if mem != 1.0 else {})}
+           "audio_scale": audio_scale, **({"memory_scale": mem} if mem != 1.0 else {}),
+           **({"overlap": overlap} if overlap else {})}
     if cached.is_file():  # rows are re-used across invocations (run the table in parts)
         old = json.loads(cached.read_text())
         if old.get("key") == key:
@@ -66,10 +68,11 @@ def _job(args) -> dict:
     image = load_image(folder / truth["files"]["portrait"])
     wave, rate = load_audio(folder / truth["files"]["audio"])
     t0 = time.perf_counter()
-    settings = GenerationSettings(steps=steps, seed=0, use_memory=not nomem, guidance=GuidanceScales(audio=audio_scale, memory=mem))
+    settings = GenerationSettings(steps=steps, seed=0, use_memory=not nomem, guidance=GuidanceScales(audio=audio_scale, memory=mem),
+                                  overlap=overlap)
     prepared = write_video(gen, image, wave, rate, video, settings)
     ms = 1000 * (time.perf_counter() - t0) / prepared.num_frames
-    result = _score(video, Path(truth_json), gen.config.video.clip_frames)
+    result = _score(video, Path(truth_json), gen.config.video.clip_frames, overlap)
     result["ms_per_frame"] = ms
     result = {"row": name, "video": str(video), **result}
     cached.write_text(json.dumps({"key": key, "result": result}))
@@ -85,29 +88,32 @@ def _aggregate(results: list[dict]) -> dict:
     return agg
 
 
-def parse_row(text: str) -> tuple[str, str, bool, float]:
-    """``NAME=CHECKPOINT[:nomem][:mem=S]``: memory bank off, or memory guidance scale S."""
+def parse_row(text: str) -> tuple[str, str, bool, float, int]:
+    """``NAME=CHECKPOINT[:nomem][:mem=S][:overlap=M]``: memory bank off, memory guidance scale S,
+    M frames shared and crossfaded by consecutive clips."""
     name, sep, spec = text.partition("=")
     if not sep:
-        raise SystemExit(f"--row {text!r}: expected NAME=CHECKPOINT[:nomem][:mem=S]")
+        raise SystemExit(f"--row {text!r}: expected NAME=CHECKPOINT[:nomem][:mem=S][:overlap=M]")
     ckpt, *opts = spec.split(":")
-    nomem, mem = False, 1.0
+    nomem, mem, overlap = False, 1.0, 0
     for opt in opts:
         if opt == "nomem":
             nomem = True
         elif opt.startswith("mem="):
             mem = float(opt[4:])
+        elif opt.startswith("overlap="):
+            overlap = int(opt[8:])
         else:
-            raise SystemExit(f"--row {text!r}: unknown option {opt!r} (nomem, mem=S)")
+            raise SystemExit(f"--row {text!r}: unknown option {opt!r} (nomem, mem=S, overlap=M)")
     if not Path(ckpt).is_file():
         raise SystemExit(f"--row {text!r}: checkpoint '{ckpt}' does not exist")
-    return name.strip(), ckpt, nomem, mem
+    return name.strip(), ckpt, nomem, mem, overlap
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--heldout", required=True, help="folder of procedural samples (letstalk synth)")
-    ap.add_argument("--row", action="append", required=True, help="NAME=CHECKPOINT[:nomem]")
+    ap.add_argument("--row", action="append", required=True, help="NAME=CHECKPOINT[:nomem][:mem=S][:overlap=M]")
     ap.add_argument("--out", default="outputs/ablation")
     ap.add_argument("--steps", type=int, default=20, help="sampling steps per clip (Euler for flow models, DDIM for DDPM)")
     ap.add_argument("--audio-scale", type=float, default=1.0, help="audio guidance scale (1 = off)")
@@ -123,9 +129,9 @@ def main() -> int:
         raise SystemExit(f"no ground-truth JSONs in {a.heldout}")
     rows = [parse_row(r) for r in a.row]
     out = Path(a.out)
-    jobs = [(name, ckpt, nomem, mem, str(t), str(out / name.replace(" ", "_").replace(",", "").replace("@", "at")), a.steps,
+    jobs = [(name, ckpt, nomem, mem, overlap, str(t), str(out / name.replace(" ", "_").replace(",", "").replace("@", "at")), a.steps,
              a.audio_scale, 1 if a.workers > 1 else 2)
-            for name, ckpt, nomem, mem in rows for t in truths]
+            for name, ckpt, nomem, mem, overlap in rows for t in truths]
     t0 = time.perf_counter()
     with ProcessPoolExecutor(a.workers) as pool:
         results = list(pool.map(_job, jobs))

@@ -80,12 +80,12 @@ def child(seconds: float, steps: int, sampler: str) -> dict:
                 for frames in gen.decode_clip(latents, clip, settings.decode_chunk):
                     writer.write(frames)
                 now = time.perf_counter()
-                clip_times.append((now - t_clip) / clip.frames)
+                clip_times.append((now - t_clip) / clip.emitted)
                 t_clip = now
         elapsed = time.perf_counter() - t0
         frames = writer.frames_written
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"seconds": seconds, "frames": frames, "expected": prepared.num_frames, "clips": len(prepared.plan),
+    return {"seconds": seconds, "frames": frames, "expected": prepared.num_frames, "clips": len(gen.plan(prepared, settings)),
             "time_s": elapsed, "s_per_frame": elapsed / frames,
             "median_clip_s_per_frame": statistics.median(clip_times), "peak_mb": peak, "growth_mb": peak - base}
 

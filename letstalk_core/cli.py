@@ -30,6 +30,9 @@ def _add_generate(sub) -> None:
                    help="experimental memory guidance scale (1 = off); >1 extrapolates from the no-history branch "
                         "toward the memory bank (one extra batched branch). It diverged at 2 on the demo model.")
     p.add_argument("--no-memory", action="store_true", help="generate every clip from the portrait only (ablation)")
+    p.add_argument("--overlap", type=int, default=None,
+                   help="frames consecutive clips share and crossfade (0 = the paper's side-by-side clips; "
+                        "default: 2, which hides the seams)")
     p.add_argument("--size-mode", default="model", choices=["model", "keep"],
                    help="model: crop+resize the portrait to the model's size; keep: use the image's size")
     p.add_argument("--resume-dir", help="keep finished clips here; running again with the same inputs resumes")
@@ -47,7 +50,8 @@ def cmd_generate(a) -> int:
     from .io.image import load_image
     from .io.video import VideoWriter
     from .loading import load_generator
-    from .pipeline import GenerationSettings
+    from .eval.report import OVERLAP_TAG
+    from .pipeline import RECOMMENDED_OVERLAP, GenerationSettings
     from .resume import ClipStore
     from .validation import require_file
 
@@ -56,7 +60,8 @@ def cmd_generate(a) -> int:
     waveform, rate = load_audio(a.audio)
     settings = GenerationSettings(sampler=a.sampler, steps=a.steps, seed=a.seed,
                                   guidance=GuidanceScales(portrait=a.portrait_scale, audio=a.audio_scale, memory=a.memory_scale),
-                                  use_memory=not a.no_memory)
+                                  use_memory=not a.no_memory,
+                                  overlap=RECOMMENDED_OVERLAP if a.overlap is None else a.overlap)
     gen = load_generator(a.checkpoint, dcae_path=a.dcae, speech_encoder_path=a.speech_encoder, device=a.device, dtype=a.dtype)
     t0 = time.perf_counter()
     prepared = gen.prepare(image, waveform, rate, size_mode=a.size_mode)
@@ -64,9 +69,10 @@ def cmd_generate(a) -> int:
     fp = gen.fingerprint(prepared, settings)
     state = store.load_state(fp) if store else None
     done = state.next_clip if state else 0
-    n_clips, steps = len(prepared.plan), settings.steps
+    n_clips, steps = len(gen.plan(prepared, settings)), settings.steps
     print(f"letstalk: {prepared.audio_seconds:.2f} s of audio -> {prepared.num_frames} frames at {gen.config.video.fps:g} fps, "
-          f"{n_clips} clips of {gen.config.video.clip_frames}, {steps} {settings.sampler} steps, device {gen.device}"
+          f"{n_clips} clips of {gen.config.video.clip_frames} sharing {settings.overlap}, {steps} {settings.sampler} steps, "
+          f"device {gen.device}"
           + (f"; resuming after clip {done}" if done else ""), file=sys.stderr)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -77,7 +83,8 @@ def cmd_generate(a) -> int:
         bar.update(1)
 
     with VideoWriter(out, gen.config.video.fps, audio=waveform, audio_rate=rate, crf=a.crf,
-                     metadata={"comment": f"LetsTalk {Path(a.checkpoint).name} seed={a.seed}"}) as writer:
+                     metadata={"comment": f"LetsTalk {Path(a.checkpoint).name} seed={a.seed}",
+                               OVERLAP_TAG: str(settings.overlap)}) as writer:
         if store:
             for frames in store.stored_clips(done):
                 writer.write(frames)

@@ -53,6 +53,8 @@ def add_demo_command(sub) -> None:
     p.add_argument("--audio-scale", type=float, default=1.0, help="audio guidance scale (1 = off)")
     p.add_argument("--portrait-scale", type=float, default=1.0, help="portrait guidance scale (1 = off)")
     p.add_argument("--no-memory", action="store_true", help="generate every clip from the portrait only (ablation)")
+    p.add_argument("--overlap", type=int, default=None,
+                   help="frames consecutive clips share and crossfade (0 = the paper's side-by-side clips; default 2)")
     p.set_defaults(func=run_demo_command)
 
 
@@ -67,7 +69,7 @@ def run_demo_command(a) -> int:
     from .io.image import load_image
     from .loading import load_generator
     from .audio.waveform import frame_count
-    from .pipeline import GenerationSettings, plan_clips, write_video
+    from .pipeline import RECOMMENDED_OVERLAP, GenerationSettings, plan_clips, write_video
 
     out = Path(a.out)
     ckpt = Path(a.checkpoint) if a.checkpoint else demo_model_path()
@@ -79,15 +81,16 @@ def run_demo_command(a) -> int:
     image = load_image(truth.portrait_path)
     wave, rate = load_audio(truth.audio)
     settings = GenerationSettings(steps=a.steps, seed=0, use_memory=not a.no_memory,
-                                  guidance=GuidanceScales(portrait=a.portrait_scale, audio=a.audio_scale))
+                                  guidance=GuidanceScales(portrait=a.portrait_scale, audio=a.audio_scale),
+                                  overlap=RECOMMENDED_OVERLAP if a.overlap is None else a.overlap)
     video = out / "demo.mp4"
     t0 = time.perf_counter()
-    plan = plan_clips(frame_count(int(wave.shape[-1]), rate, cfg.video.fps), cfg.video.clip_frames)
+    plan = plan_clips(frame_count(int(wave.shape[-1]), rate, cfg.video.fps), cfg.video.clip_frames, settings.overlap)
     with tqdm(total=len(plan), desc="clips", unit="clip", dynamic_ncols=True) as bar:
         prepared = write_video(gen, image, wave, rate, video, settings, on_clip=lambda clip: bar.update(1),
                                metadata={"comment": f"LetsTalk demo, model {ckpt.name}"})
     took = time.perf_counter() - t0
-    m = evaluate_video(video, clip_frames=cfg.video.clip_frames, truth_mouth=np.asarray(truth.tracks["mouth_open"]),
+    m = evaluate_video(video, clip_frames=cfg.video.clip_frames, overlap=settings.overlap, truth_mouth=np.asarray(truth.tracks["mouth_open"]),
                        measure_mouth=measure_mouth_opening, portrait=truth.portrait())
     print(f"{prepared.num_frames} frames ({prepared.audio_seconds:.2f} s at {cfg.video.fps:g} fps) in {took:.0f} s "
           f"({1000 * took / prepared.num_frames:.0f} ms/frame)")

@@ -1,11 +1,15 @@
 """The long-video generator (letstalk_memo.md §1.7 "Long-duration inference", with the fixes of §1.12).
 
 1. **Plan.** ``S`` seconds of audio at ``fps`` give exactly ``ceil(S·fps)`` frames, cut into clips of F
-   frames without overlap; the last clip is padded (with silence) and its extra frames are dropped.
+   frames; the last clip is padded (with silence) and its extra frames are dropped. The paper's clips
+   do not overlap (``overlap = 0``). With ``overlap = m`` (our addition, not in the paper) consecutive
+   clips share m frames: clip k+1 starts m frames before clip k ends, is conditioned on the memory of
+   the frames just before its start as usual, and the m shared frames are crossfaded in latent space
+   (:func:`crossfade`), so a seam becomes a short blend instead of a one-frame jump.
 2. **Condition.** The portrait is encoded once by the DC-AE; the speech features of the whole (padded)
    track are computed once; each clip takes its frames' ±w windows, clamped at the track's ends.
 3. **Loop with the memory.** Clip 0's memory is the portrait latent repeated f times; each later clip's
-   memory is the last f clean latents of the previous one (FIFO, no noise at inference). Each clip is
+   memory is the last f clean latents of the video so far (FIFO, no noise at inference). Each clip is
    sampled with multimodal guidance in one batched forward per step.
 4. **Stream.** Each finished clip is decoded in chunks and handed to a sink (a video file, a list), so
    peak memory does not grow with the audio's length. After each clip a small
@@ -34,6 +38,7 @@ from .memory.bank import initial_memory, update_memory
 from .validation import require_finite, require_tensor
 
 MAX_PORTRAIT_SIDE = 8192
+RECOMMENDED_OVERLAP = 2  # what the CLI, the demo and the nodes default to (README: seams 1.5x -> see table)
 
 
 class FrameSink(Protocol):
@@ -58,8 +63,9 @@ class ListSink:
 @dataclass(frozen=True)
 class GenerationSettings:
     """How to sample: sampler name and steps, guidance scales per modality, seed, decode chunk size,
-    and whether the memory bank is used (False: every clip sees the portrait as memory, i.e. clips are
-    generated independently — the memory ablation)."""
+    whether the memory bank is used (False: every clip sees the portrait as memory, i.e. clips are
+    generated independently — the memory ablation) and the frames consecutive clips share and
+    crossfade (``overlap``; 0 is the paper's plan, see :func:`plan_clips`)."""
 
     sampler: str = "auto"  # ddim for DDPM models, euler for flow models
     steps: int = 25
@@ -67,8 +73,11 @@ class GenerationSettings:
     guidance: GuidanceScales = field(default_factory=GuidanceScales)
     decode_chunk: int = 8
     use_memory: bool = True
+    overlap: int = 0
 
     def __post_init__(self) -> None:
+        if isinstance(self.overlap, bool) or not isinstance(self.overlap, int) or self.overlap < 0:
+            raise ValueError(f"overlap must be an integer >= 0 (frames shared by consecutive clips); got {self.overlap!r}.")
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
             raise ValueError(f"steps must be an integer >= 1; got {self.steps!r}.")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
@@ -82,22 +91,63 @@ class GenerationSettings:
 @dataclass(frozen=True)
 class ClipPlan:
     """Clip ``index`` of ``total`` covers output frames ``[start, start + frames)``; it is sampled with
-    ``clip_frames`` frames, the ones past ``frames`` being padding."""
+    ``clip_frames`` frames, the ones past ``frames`` being padding. Its first ``head`` frames are
+    shared with the previous clip and its last ``tail`` frames with the next one (both 0 without
+    overlap). Once sampled, it completes output frames ``[start, start + emitted)``; its tail waits
+    for the next clip to be crossfaded."""
 
     index: int
     total: int
     start: int
     frames: int
     clip_frames: int
+    head: int = 0
+    tail: int = 0
+
+    @property
+    def emitted(self) -> int:
+        return self.frames - self.tail
 
 
-def plan_clips(num_frames: int, clip_frames: int) -> list[ClipPlan]:
-    """Cut ``num_frames`` into non-overlapping clips of ``clip_frames`` (the last one padded)."""
+def max_overlap(clip_frames: int) -> int:
+    """The largest overlap: fewer than half a clip, so every seam's blend ends before the next begins."""
+    return (clip_frames - 1) // 2
+
+
+def plan_clips(num_frames: int, clip_frames: int, overlap: int = 0) -> list[ClipPlan]:
+    """Cut ``num_frames`` into clips of ``clip_frames`` with a stride of ``clip_frames - overlap``: the
+    fewest clips that cover every frame (the last one padded). ``overlap = 0`` is the paper's plan,
+    ``ceil(num_frames / clip_frames)`` clips side by side."""
     if num_frames < 1:
         raise ValueError(f"nothing to generate: the audio gives {num_frames} frames.")
-    total = math.ceil(num_frames / clip_frames)
-    return [ClipPlan(i, total, i * clip_frames, min(clip_frames, num_frames - i * clip_frames), clip_frames)
+    if isinstance(overlap, bool) or not isinstance(overlap, int) or not 0 <= overlap <= max_overlap(clip_frames):
+        raise ValueError(f"overlap must be an integer from 0 to {max_overlap(clip_frames)} for clips of {clip_frames} "
+                         f"frames (fewer than half a clip); got {overlap!r}.")
+    stride = clip_frames - overlap
+    total = 1 if num_frames <= clip_frames else math.ceil((num_frames - clip_frames) / stride) + 1
+    return [ClipPlan(i, total, i * stride, min(clip_frames, num_frames - i * stride), clip_frames,
+                     head=overlap if i > 0 else 0, tail=overlap if i < total - 1 else 0)
             for i in range(total)]
+
+
+def padded_frame_count(num_frames: int, clip_frames: int) -> int:
+    """Audio frames that cover the last clip of any plan of ``num_frames`` (every clip starts before
+    ``num_frames``, so ``num_frames + clip_frames - 1`` always suffice)."""
+    return num_frames + clip_frames - 1
+
+
+def crossfade(previous: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+    """Blend the ``m`` frames two consecutive clips share, ``[B, C, m, h, w]`` each: frame j takes
+    ``(j + 1) / (m + 1)`` of the new clip, a linear ramp from the old clip to the new one. Both clips
+    were sampled for the same audio frames, so the blend is a short dissolve between two takes of the
+    same motion (the overlap-and-blend of long-video diffusion, applied to finished clean latents
+    because the memory bank makes the clips sequential)."""
+    if previous.shape != current.shape:
+        raise ValueError(f"crossfade needs two equal shapes, got {tuple(previous.shape)} and {tuple(current.shape)}.")
+    m = current.shape[2]
+    w = torch.arange(1, m + 1, device=current.device, dtype=torch.float32) / (m + 1)
+    w = w.view(1, 1, m, 1, 1)
+    return (previous.float() * (1 - w) + current.float() * w).to(current.dtype)
 
 
 def clip_seed(seed: int, index: int) -> int:
@@ -108,12 +158,14 @@ def clip_seed(seed: int, index: int) -> int:
 
 @dataclass
 class GenerationState:
-    """Where a run stands after a clip: the next clip to make and the memory it needs. ``fingerprint``
-    ties it to one (model, inputs, settings), so it cannot resume a different run by mistake."""
+    """Where a run stands after a clip: the next clip to make, the memory it needs and, with overlap,
+    the previous clip's tail still to be crossfaded. ``fingerprint`` ties it to one (model, inputs,
+    settings), so it cannot resume a different run by mistake."""
 
     next_clip: int
     memory: torch.Tensor
     fingerprint: str
+    tail: torch.Tensor | None = None
 
     def save(self, path) -> Path:
         from safetensors.torch import save_file
@@ -121,7 +173,10 @@ class GenerationState:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        save_file({"memory": self.memory.detach().cpu().contiguous()}, str(tmp),
+        tensors = {"memory": self.memory.detach().cpu().contiguous()}
+        if self.tail is not None:
+            tensors["tail"] = self.tail.detach().cpu().contiguous()
+        save_file(tensors, str(tmp),
                   metadata={"next_clip": str(self.next_clip), "fingerprint": self.fingerprint})
         tmp.replace(path)  # atomic: an interrupted save never leaves a broken state file
         return path
@@ -134,13 +189,15 @@ class GenerationState:
             meta = f.metadata() or {}
             if "next_clip" not in meta or "fingerprint" not in meta:
                 raise ValueError(f"'{path}' is not a LetsTalk generation state file.")
-            return cls(int(meta["next_clip"]), f.get_tensor("memory"), meta["fingerprint"])
+            tail = f.get_tensor("tail") if "tail" in f.keys() else None
+            return cls(int(meta["next_clip"]), f.get_tensor("memory"), meta["fingerprint"], tail)
 
 
 @dataclass
 class PreparedInputs:
     """Inputs encoded once per run: the portrait latent ``[1, C, h, w]``, the per-frame speech features
-    of the padded track ``[n_padded, L, C]``, the exact output frame count and the clip plan."""
+    of the padded track ``[n_padded, L, C]``, the exact output frame count and the clip plan without
+    overlap (:meth:`LetsTalkGenerator.plan` gives the plan of given settings)."""
 
     portrait_latent: torch.Tensor
     features: torch.Tensor
@@ -212,13 +269,13 @@ def prepare_portrait_image(image: torch.Tensor, height: int, width: int, *, size
 @torch.no_grad()
 def encode_speech_track(speech_encoder, config: LetsTalkConfig, waveform, sample_rate: int) -> tuple[torch.Tensor, int, float]:
     """Speech → ``(features [n_padded, L, C] float32 on the CPU, frame count, seconds)``. The frame
-    count is ``ceil(S·fps)`` of the original samples; the features cover the padded last clip (the
-    track is extended with silence, so the padding frames are silent)."""
+    count is ``ceil(S·fps)`` of the original samples; the features cover the padded last clip of any
+    plan (:func:`padded_frame_count`; the track is extended with silence, so those frames are silent)."""
     fps = config.video.fps
     wave = prepare_waveform(waveform, sample_rate)  # mono 16 kHz, validated
     samples = int(waveform.shape[-1])  # the frame count comes from the original samples: ceil(S·fps)
     num_frames = frame_count(samples, int(sample_rate), fps)
-    padded_frames = len(plan_clips(num_frames, config.video.clip_frames)) * config.video.clip_frames
+    padded_frames = padded_frame_count(num_frames, config.video.clip_frames)
     need = math.ceil(padded_frames * TARGET_SAMPLE_RATE / fps)
     features = speech_encoder.encode_prepared(wave, fps, n_frames=padded_frames,
                                               pad_to=max(need, wave.shape[0])).float().cpu()
@@ -259,7 +316,7 @@ class LetsTalkGenerator:
         """Encoded inputs → :class:`PreparedInputs` (the clip plan and the run's fingerprint)."""
         cfg = self.config
         plan = plan_clips(num_frames, cfg.video.clip_frames)
-        need = len(plan) * cfg.video.clip_frames
+        need = padded_frame_count(num_frames, cfg.video.clip_frames)
         if features.ndim != 3 or features.shape[0] < need:
             raise ValueError(f"the audio features hold {features.shape[0] if features.ndim else 0} frames but "
                              f"{num_frames} frames in clips of {cfg.video.clip_frames} need {need}; encode the audio "
@@ -283,6 +340,10 @@ class LetsTalkGenerator:
         features, num_frames, seconds = self.encode_audio(waveform, sample_rate)
         latent = self.encode_portrait(image, size_mode=size_mode)
         return self.assemble(latent, features, num_frames, seconds)
+
+    def plan(self, prepared: PreparedInputs, settings: GenerationSettings) -> list[ClipPlan]:
+        """The clips of this run (:func:`plan_clips` with the settings' overlap)."""
+        return plan_clips(prepared.num_frames, self.config.video.clip_frames, settings.overlap)
 
     def fingerprint(self, prepared: PreparedInputs, settings: GenerationSettings) -> str:
         return hashlib.sha256((prepared.fingerprint + repr(asdict(settings))).encode()).hexdigest()[:32]
@@ -312,24 +373,34 @@ class LetsTalkGenerator:
 
     def iter_clips(self, prepared: PreparedInputs, settings: GenerationSettings, *, state: GenerationState | None = None,
                    on_step: Callable[[StepInfo], None] | None = None) -> Iterator[tuple[ClipPlan, torch.Tensor, GenerationState]]:
-        """Yield ``(clip, clean latents, state after the clip)`` for every clip from ``state`` on."""
+        """Yield ``(clip, latents, state after the clip)`` for every clip from ``state`` on. ``latents``
+        ``[1, C, clip.emitted, h, w]`` are the finished output frames ``[clip.start, clip.start +
+        clip.emitted)``: the clip's head crossfaded with the previous clip's tail, its tail held back."""
         fp = self.fingerprint(prepared, settings)
+        plan = self.plan(prepared, settings)
         portrait_memory = initial_memory(prepared.portrait_latent, self.config.memory.frames)
-        memory, first = portrait_memory, 0
+        memory, tail, first = portrait_memory, None, 0
         if state is not None:
             if state.fingerprint != fp:
                 raise ValueError("this saved state belongs to another run (different model, portrait, audio or "
                                  "settings); delete it or resume with the exact same inputs.")
             memory, first = state.memory.to(self.device, torch.float32), state.next_clip
-        for clip in prepared.plan[first:]:
+            tail = None if state.tail is None else state.tail.to(self.device, torch.float32)
+        for clip in plan[first:]:
             latents = self.sample_clip(prepared, clip, memory, settings, on_step)
-            memory = update_memory(memory, latents, clip.frames) if settings.use_memory else portrait_memory
-            yield clip, latents, GenerationState(clip.index + 1, memory.detach().cpu(), fp)
+            out = latents[:, :, :clip.emitted]
+            if clip.head:
+                out = torch.cat([crossfade(tail, out[:, :, :clip.head]), out[:, :, clip.head:]], dim=2)
+            tail = latents[:, :, clip.emitted:clip.frames] if clip.tail else None
+            memory = update_memory(memory, out) if settings.use_memory else portrait_memory
+            yield clip, out, GenerationState(clip.index + 1, memory.detach().cpu(), fp,
+                                             None if tail is None else tail.detach().cpu())
 
     @torch.no_grad()
     def decode_clip(self, latents: torch.Tensor, clip: ClipPlan, chunk: int) -> Iterator[torch.Tensor]:
-        """Decoded frames ``[n, 3, H, W]`` of the clip's valid frames, chunk by chunk."""
-        frames = latents[0, :, : clip.frames].transpose(0, 1)  # [F, C, h, w]
+        """Decoded frames ``[n, 3, H, W]`` of the clip's finished frames (``clip.emitted`` of them, as
+        :meth:`iter_clips` yields), chunk by chunk."""
+        frames = latents[0, :, : clip.emitted].transpose(0, 1)  # [n, C, h, w]
         dcae_dtype = next(self.dcae.parameters()).dtype
         for out in iter_decode(self.dcae, frames.to(dcae_dtype), chunk_size=chunk):
             yield out.float().cpu()
@@ -353,11 +424,14 @@ def write_video(generator: LetsTalkGenerator, image: torch.Tensor, waveform, sam
                 settings: GenerationSettings = GenerationSettings(), *, on_clip: Callable[[ClipPlan], None] | None = None,
                 metadata: dict[str, str] | None = None) -> PreparedInputs:
     """Generate straight into an mp4 with the input's sound (streamed: clips are decoded and encoded
-    as they finish). ``on_clip`` is called after each clip (progress)."""
+    as they finish). ``on_clip`` is called after each clip (progress). The file is tagged with the
+    overlap, so ``letstalk eval`` finds the seams where they are."""
+    from .eval.report import OVERLAP_TAG
     from .io.video import VideoWriter
 
     prepared = generator.prepare(image, waveform, sample_rate)
-    with VideoWriter(path, generator.config.video.fps, audio=waveform, audio_rate=sample_rate, metadata=metadata) as writer:
+    tags = {**(metadata or {}), OVERLAP_TAG: str(settings.overlap)}
+    with VideoWriter(path, generator.config.video.fps, audio=waveform, audio_rate=sample_rate, metadata=tags) as writer:
         for clip, latents, _ in generator.iter_clips(prepared, settings):
             for frames in generator.decode_clip(latents, clip, settings.decode_chunk):
                 writer.write(frames)

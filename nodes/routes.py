@@ -1,4 +1,4 @@
-"""HTTP route for the web extension: ``GET /letstalk/plan?audio=<Load Audio value>&ckpt=<checkpoint>``
+"""HTTP route for the web extension: ``GET /letstalk/plan?audio=<Load Audio value>&ckpt=<checkpoint>&overlap=<m>``
 → the plan of a Memory Bank Loop run (seconds, fps, frames, clips) before anything runs."""
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def read_config(ckpt_path: str):
     return LetsTalkConfig.from_json(meta[CONFIG_KEY])
 
 
-def plan(audio_path: str, ckpt_path: str) -> dict:
+def plan(audio_path: str, ckpt_path: str, overlap: int = 0) -> dict:
     from ..letstalk_core.audio.waveform import frame_count
     from ..letstalk_core.io.audio_file import load_audio
     from ..letstalk_core.pipeline import plan_clips
@@ -29,10 +29,10 @@ def plan(audio_path: str, ckpt_path: str) -> dict:
     config = read_config(ckpt_path)
     wave, rate = load_audio(audio_path)
     frames = frame_count(int(wave.shape[-1]), rate, config.video.fps)
-    clips = plan_clips(frames, config.video.clip_frames)
+    clips = plan_clips(frames, config.video.clip_frames, overlap)
     return {"seconds": wave.shape[-1] / rate, "samples": int(wave.shape[-1]), "sample_rate": rate,
             "fps": float(config.video.fps), "frames": frames, "clips": len(clips),
-            "clip_frames": config.video.clip_frames, "memory_frames": config.memory.frames,
+            "clip_frames": config.video.clip_frames, "overlap": overlap, "memory_frames": config.memory.frames,
             "last_clip_frames": clips[-1].frames}
 
 
@@ -58,11 +58,15 @@ def register() -> None:
         audio = request.query.get("audio", "")
         ckpt = request.query.get("ckpt", "") or host.DEMO_MODEL
         try:
+            try:
+                overlap = int(request.query.get("overlap", "0") or 0)
+            except ValueError:
+                raise ValueError(f"overlap must be a whole number of frames, got {request.query.get('overlap')!r}") from None
             if not audio or not folder_paths.exists_annotated_filepath(audio):
                 return web.json_response({"error": f"audio file '{audio}' not found in the input folder"}, status=404)
             audio_path = folder_paths.get_annotated_filepath(audio)
             ckpt_path = host.model_path(host.MODEL_FOLDER, ckpt, "LetsTalk checkpoint")
-            result = await asyncio.get_running_loop().run_in_executor(None, plan, audio_path, ckpt_path)
+            result = await asyncio.get_running_loop().run_in_executor(None, plan, audio_path, ckpt_path, overlap)
             return web.json_response(result)
         except (ValueError, FileNotFoundError) as e:
             return web.json_response({"error": str(e)}, status=400)

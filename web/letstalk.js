@@ -27,11 +27,13 @@ function planKey(node) {
   const modelNode = upstream(node, "model");
   const audio = widgetValue(audioNode, "audio");
   const ckpt = widgetValue(modelNode, "ckpt_name") ?? "";
-  return audio ? { audio: String(audio), ckpt: String(ckpt) } : null;
+  const overlap = Number(widgetValue(node, "overlap") ?? 0);
+  return audio ? { audio: String(audio), ckpt: String(ckpt), overlap } : null;
 }
 
 function formatPlan(p) {
-  return `${p.frames} frames · ${p.clips} clips of ${p.clip_frames} · ${p.seconds.toFixed(2)} s at ${p.fps} fps` +
+  return `${p.frames} frames · ${p.clips} clips of ${p.clip_frames}` + (p.overlap ? ` sharing ${p.overlap}` : "") +
+    ` · ${p.seconds.toFixed(2)} s at ${p.fps} fps` +
     (p.memory_frames ? ` · memory ${p.memory_frames} frames` : "");
 }
 
@@ -59,7 +61,7 @@ function ensurePanel(node) {
 async function refreshPlan(node) {
   const state = ensurePanel(node);
   const key = planKey(node);
-  const k = key ? `${key.audio}|${key.ckpt}` : "";
+  const k = key ? `${key.audio}|${key.ckpt}|${key.overlap}` : "";
   if (k === state.key) return;
   state.key = k;
   if (!key) {
@@ -69,7 +71,8 @@ async function refreshPlan(node) {
   }
   state.planEl.textContent = "plan: reading audio…";
   try {
-    const res = await api.fetchApi(`/letstalk/plan?audio=${encodeURIComponent(key.audio)}&ckpt=${encodeURIComponent(key.ckpt)}`);
+    const res = await api.fetchApi(`/letstalk/plan?audio=${encodeURIComponent(key.audio)}&ckpt=${encodeURIComponent(key.ckpt)}` +
+      `&overlap=${encodeURIComponent(key.overlap)}`);
     const body = await res.json();
     if (state.key !== k) return; // changed while we waited
     if (!res.ok) {

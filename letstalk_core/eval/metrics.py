@@ -67,6 +67,25 @@ def _check_clip_frames(clip_frames) -> int:
     return int(clip_frames)
 
 
+def _check_overlap(overlap, clip_frames: int) -> int:
+    if isinstance(overlap, bool) or not isinstance(overlap, (int, np.integer)) or not 0 <= overlap <= (clip_frames - 1) // 2:
+        raise ValueError(f"overlap must be an integer from 0 to {(clip_frames - 1) // 2} (frames consecutive clips of "
+                         f"{clip_frames} share, fewer than half a clip), got {overlap!r}.")
+    return int(overlap)
+
+
+def seam_transitions(targets: np.ndarray, clip_frames: int, overlap: int = 0) -> np.ndarray:
+    """Which transitions ``t-1 -> t`` (given by ``t``) belong to a seam between generated clips.
+
+    Clips start every ``clip_frames - overlap`` frames. Without overlap a seam is the one transition
+    into a clip's first frame; with an overlap of m crossfaded frames it is the m + 1 transitions from
+    the last frame of the old clip alone to the first frame of the new clip alone (into frames
+    ``start .. start + m``), so a jump spread over the blend is counted in full."""
+    stride = clip_frames - overlap
+    k = targets // stride
+    return (k >= 1) & (targets - k * stride <= overlap)
+
+
 def _ratio(num: float, den: float) -> float:
     """``num / den``; ``nan`` if either is nan or both are 0, ``inf`` for x / 0 with x > 0."""
     if math.isnan(num) or math.isnan(den):
@@ -527,7 +546,8 @@ class BoundaryJump:
     """Mean absolute frame change (0..255 units) across clip boundaries vs. within clips.
 
     ``ratio = boundary_mean / within_mean``: about 1 when clip boundaries are invisible, >> 1 when
-    each new clip jumps. ``boundary_mean`` (and so ``ratio``) is nan when the video has no clip
+    each new clip jumps. With overlapping clips every transition of a crossfade is a boundary
+    transition (:func:`seam_transitions`). ``boundary_mean`` (and so ``ratio``) is nan when the video has no clip
     boundary (F <= clip_frames); ``within_mean`` is nan when no transition lies within a clip.
     """
 
@@ -541,8 +561,9 @@ class BoundaryJump:
 class BoundaryJumpAccumulator:
     """Chunk-wise :func:`boundary_jump` (keeps only the previous chunk's last frame)."""
 
-    def __init__(self, clip_frames: int):
+    def __init__(self, clip_frames: int, overlap: int = 0):
         self.clip_frames = _check_clip_frames(clip_frames)
+        self.overlap = _check_overlap(overlap, self.clip_frames)
         self._last: np.ndarray | None = None
         self.frames = 0
         self._sums = [0.0, 0.0]  # within, boundary
@@ -561,7 +582,7 @@ class BoundaryJumpAccumulator:
             if seq.shape[0] > 1:
                 diffs = np.abs(np.diff(seq, axis=0)).reshape(seq.shape[0] - 1, -1).mean(axis=1)
                 targets = first_index + 1 + np.arange(diffs.size)  # index of frame t+1 of each transition
-                boundary = targets % self.clip_frames == 0
+                boundary = seam_transitions(targets, self.clip_frames, self.overlap)
                 self._sums[1] += float(diffs[boundary].sum())
                 self._counts[1] += int(boundary.sum())
                 self._sums[0] += float(diffs[~boundary].sum())
@@ -576,15 +597,17 @@ class BoundaryJumpAccumulator:
                             boundary_count=self._counts[1], within_count=self._counts[0])
 
 
-def boundary_jump(frames, clip_frames: int) -> BoundaryJump:
+def boundary_jump(frames, clip_frames: int, overlap: int = 0) -> BoundaryJump:
     """Clip-boundary jump of uint8 frames ``[F, H, W, 3]`` generated in clips of ``clip_frames``.
 
     For each transition t -> t+1 the frame change is ``mean over pixels and channels of
     |f[t+1] - f[t]|`` (0..255 units). Transitions with ``t + 1`` a multiple of ``clip_frames``
     (the first frame of a new clip; clips start at frame 0) are boundary transitions, the others
-    within-clip. Returns the mean change of each kind and their ratio (see :class:`BoundaryJump`).
+    within-clip; with ``overlap`` m, clips start every ``clip_frames - m`` frames and the m + 1
+    transitions of each crossfade are boundary transitions (:func:`seam_transitions`). Returns the
+    mean change of each kind and their ratio (see :class:`BoundaryJump`).
     """
-    acc = BoundaryJumpAccumulator(clip_frames)
+    acc = BoundaryJumpAccumulator(clip_frames, overlap)
     acc.update(frames)
     return acc.result()
 
@@ -614,8 +637,9 @@ class Flicker:
 class FlickerAccumulator:
     """Chunk-wise :func:`flicker` (keeps the previous chunk's last two low-passed frames)."""
 
-    def __init__(self, clip_frames: int | None = None, block: int = 4):
+    def __init__(self, clip_frames: int | None = None, block: int = 4, *, overlap: int = 0):
         self.clip_frames = None if clip_frames is None else _check_clip_frames(clip_frames)
+        self.overlap = 0 if clip_frames is None else _check_overlap(overlap, self.clip_frames)
         if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
             raise ValueError(f"block must be an integer >= 1 (box-filter size in pixels), got {block!r}.")
         self.block = int(block)
@@ -646,7 +670,8 @@ class FlickerAccumulator:
             if n > 1:
                 d1 = np.abs(np.diff(seq, axis=0)).reshape(n - 1, -1).mean(axis=1)
                 targets = first_index + 1 + np.arange(n - 1)
-                keep = np.ones(n - 1, dtype=bool) if self.clip_frames is None else targets % self.clip_frames != 0
+                keep = (np.ones(n - 1, dtype=bool) if self.clip_frames is None
+                        else ~seam_transitions(targets, self.clip_frames, self.overlap))
                 new = targets >= self.frames  # transitions not counted in an earlier update
                 self._first[0] += float(d1[keep & new].sum())
                 self._first[1] += int((keep & new).sum())
@@ -654,8 +679,9 @@ class FlickerAccumulator:
                 d2 = np.abs(seq[2:] - 2.0 * seq[1:-1] + seq[:-2]).reshape(n - 2, -1).mean(axis=1)
                 last = first_index + 2 + np.arange(n - 2)  # index of frame t+1 of each second difference
                 keep2 = last >= self.frames  # not counted in an earlier update
-                if self.clip_frames is not None:  # frames t-1, t, t+1 all in one clip
-                    keep2 &= (last % self.clip_frames != 0) & ((last - 1) % self.clip_frames != 0)
+                if self.clip_frames is not None:  # neither transition t-1 -> t -> t+1 on a seam
+                    keep2 &= ~seam_transitions(last, self.clip_frames, self.overlap)
+                    keep2 &= ~seam_transitions(last - 1, self.clip_frames, self.overlap)
                 self._second[0] += float(d2[keep2].sum())
                 self._second[1] += int(keep2.sum())
             self._history = seq[-2:]
@@ -667,7 +693,7 @@ class FlickerAccumulator:
         return Flicker(flicker=second, frame_change=first, ratio=_ratio(second, first), count=self._second[1])
 
 
-def flicker(frames, clip_frames: int | None = None, block: int = 4) -> Flicker:
+def flicker(frames, clip_frames: int | None = None, block: int = 4, *, overlap: int = 0) -> Flicker:
     """Temporal flicker of uint8 frames ``[F, H, W, 3]``.
 
     Each frame is low-passed spatially by a ``block x block`` box average (non-overlapping
@@ -680,7 +706,8 @@ def flicker(frames, clip_frames: int | None = None, block: int = 4) -> Flicker:
     measured by :func:`boundary_jump`, not counted again as flicker). ``ratio`` divides
     ``flicker`` by the mean absolute first difference of the same low-passed frames over
     within-clip transitions (all transitions when ``clip_frames`` is None), see :class:`Flicker`.
+    ``overlap``: frames consecutive clips share (seams as in :func:`boundary_jump`).
     """
-    acc = FlickerAccumulator(clip_frames, block)
+    acc = FlickerAccumulator(clip_frames, block, overlap=overlap)
     acc.update(frames)
     return acc.result()

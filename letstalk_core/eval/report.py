@@ -37,6 +37,9 @@ DEFAULT_COLUMNS = (
 TRUTH_REGIONS = {"face": 1, "hair": 2}
 
 
+OVERLAP_TAG = "letstalk_overlap"  # MP4 tag: frames consecutive clips share (seam positions)
+
+
 def _finite_or_none(value):
     """JSON-safe number: nan/inf become None; numpy scalars become Python numbers."""
     if isinstance(value, (np.integer, int)) and not isinstance(value, bool):
@@ -57,14 +60,15 @@ def _check_portrait(portrait, height: int, width: int, what: str = "portrait") -
     return p
 
 
-def evaluate_video(video_path, *, clip_frames: int, portrait: np.ndarray | None = None, masks: dict | None = None,
+def evaluate_video(video_path, *, clip_frames: int, overlap: int = 0, portrait: np.ndarray | None = None, masks: dict | None = None,
                    truth_mouth: np.ndarray | None = None, measure_mouth: Callable[[np.ndarray], np.ndarray] | None = None,
                    fps=None, chunk: int = 256, window_seconds: float = 10.0, max_lag: int = 5) -> dict:
     """Evaluate one video file; returns a flat JSON-serialisable dict (nan/inf stored as None).
 
     Always (any video):
 
-    * ``frames``, ``seconds`` (frames / fps), ``fps``, ``clip_frames``;
+    * ``frames``, ``seconds`` (frames / fps), ``fps``, ``clip_frames``, ``overlap`` (frames
+      consecutive clips share; seams lie where the generator's plan puts them);
     * colour drift of the whole frame vs. ``portrait`` (uint8 ``[H, W, 3]`` at the video's size)
       or, without one, vs. the video's first frame: ``frame_de_max``, ``frame_de_slope_per_min``,
       ``frame_de_mean``, ``frame_de_windows`` (list), see :func:`.metrics.colour_drift`;
@@ -105,8 +109,8 @@ def evaluate_video(video_path, *, clip_frames: int, portrait: np.ndarray | None 
             )
 
     drift = ColourDriftAccumulator(portrait, masks, fps, window_seconds) if portrait is not None else None
-    jump = BoundaryJumpAccumulator(clip_frames)
-    flick = FlickerAccumulator(clip_frames)
+    jump = BoundaryJumpAccumulator(clip_frames, overlap)
+    flick = FlickerAccumulator(clip_frames, overlap=overlap)
     measured: list[np.ndarray] = []
     frames = 0
     for part in iter_video_chunks(video_path, chunk):
@@ -122,7 +126,7 @@ def evaluate_video(video_path, *, clip_frames: int, portrait: np.ndarray | None 
             measured.append(values)
         frames += part.shape[0]
 
-    out: dict = {"frames": frames, "seconds": frames / fps, "fps": fps, "clip_frames": clip_frames}
+    out: dict = {"frames": frames, "seconds": frames / fps, "fps": fps, "clip_frames": clip_frames, "overlap": overlap}
     if truth is not None:
         if frames != truth.size:
             raise ValueError(f"decoded {frames} frames but truth_mouth has {truth.size}.")
@@ -259,6 +263,9 @@ def add_eval_command(subparsers) -> None:
     p = subparsers.add_parser("eval", help="measure lip sync, colour drift, clip-boundary jumps and flicker of videos")
     p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files (.mp4) to evaluate")
     p.add_argument("--clip-frames", type=int, default=16, help="frames per generated clip (boundaries at multiples of it)")
+    p.add_argument("--overlap", type=int, default=None,
+                   help="frames consecutive clips share (as given to generate); default: the video's own "
+                        "'letstalk_overlap' tag, else 0")
     p.add_argument("--truth", help="procedural ground-truth JSON: adds lip sync and face/hair colour drift")
     p.add_argument("--portrait", help="portrait image (at the video's size) for colour drift; default: the truth's "
                                       "portrait, else the video's first frame")
@@ -268,6 +275,20 @@ def add_eval_command(subparsers) -> None:
     p.add_argument("--erode", type=int, default=3, help="pixels the truth's face/hair masks are eroded by")
     p.add_argument("--chunk", type=int, default=256, help="frames decoded at a time")
     p.set_defaults(func=run_eval_command)
+
+
+def _video_overlap(video, given: int | None) -> int:
+    """The overlap to score ``video`` with: the one given, else its ``letstalk_overlap`` tag (written
+    by ``letstalk generate``/``demo``), else 0."""
+    if given is not None:
+        return given
+    from ..io.video import probe_video
+
+    tag = probe_video(video).metadata.get(OVERLAP_TAG, "0")
+    try:
+        return int(tag)
+    except ValueError:
+        raise ValueError(f"'{video}' has a malformed '{OVERLAP_TAG}' tag ({tag!r}); give --overlap.") from None
 
 
 def run_eval_command(args) -> int:
@@ -285,7 +306,7 @@ def run_eval_command(args) -> int:
         kwargs["portrait"] = _read_png_rgb(portrait_path)
     rows = []
     for video in args.videos:
-        rows.append((video, evaluate_video(video, **kwargs)))
+        rows.append((video, evaluate_video(video, overlap=_video_overlap(video, args.overlap), **kwargs)))
     print(format_table(rows))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({name: result for name, result in rows}, indent=2) + "\n")
