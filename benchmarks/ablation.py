@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 COLUMNS = ["lipsync_corr", "lipsync_best_lag", "face_de_max", "face_de_slope_per_min", "hair_de_max",
-           "hair_de_slope_per_min", "boundary_jump_ratio", "flicker", "flicker_ratio", "ms_per_frame"]
-WORST = {"face_de_max": max, "hair_de_max": max, "lipsync_best_lag": lambda v: max(v, key=abs)}
+           "hair_de_slope_per_min", "pixel_mae_max", "pixel_mae_slope_per_min", "boundary_jump_ratio", "flicker", "flicker_ratio", "ms_per_frame"]
+WORST = {"face_de_max": max, "hair_de_max": max, "pixel_mae_max": max, "lipsync_best_lag": lambda v: max(v, key=abs)}
 
 
 def _score(video: Path, truth_json: Path, clip_frames: int, overlap: int = 0) -> dict:
@@ -42,15 +42,20 @@ def _score(video: Path, truth_json: Path, clip_frames: int, overlap: int = 0) ->
 
 
 def _job(args) -> dict:
-    name, ckpt, nomem, mem, overlap, truth_json, out_dir, steps, audio_scale, threads = args
+    name, ckpt, nomem, mem, overlap, anchor, truth_json, out_dir, steps, audio_scale, threads = args
     cached = Path(out_dir) / f"{Path(truth_json).stem}.json"
     key = {"checkpoint": str(Path(ckpt).resolve()), "mtime": Path(ckpt).stat().st_mtime, "steps": steps, "nomem": nomem,
            "audio_scale": audio_scale, **({"memory_scale": mem} if mem != 1.0 else {}),
-           **({"overlap": overlap} if overlap else {})}
+           **({"overlap": overlap} if overlap else {}), **({"memory_anchor": anchor} if anchor else {})}
     if cached.is_file():  # rows are re-used across invocations (run the table in parts)
         old = json.loads(cached.read_text())
+        video = Path(out_dir) / f"{Path(truth_json).stem}.mp4"
         if old.get("key") == key:
-            return {**old["result"], "row": name}  # the same run under this table's row name
+            result = old["result"]
+            if any(c not in result for c in COLUMNS) and video.is_file():  # a metric added since: score again
+                result = {**result, **_score(video, Path(truth_json), result.get("clip_frames", 16), overlap)}
+                cached.write_text(json.dumps({"key": key, "result": result}))
+            return {**result, "row": name}  # the same run under this table's row name
     import torch
 
     torch.set_num_threads(threads)
@@ -69,7 +74,7 @@ def _job(args) -> dict:
     wave, rate = load_audio(folder / truth["files"]["audio"])
     t0 = time.perf_counter()
     settings = GenerationSettings(steps=steps, seed=0, use_memory=not nomem, guidance=GuidanceScales(audio=audio_scale, memory=mem),
-                                  overlap=overlap)
+                                  overlap=overlap, memory_anchor=anchor)
     prepared = write_video(gen, image, wave, rate, video, settings)
     ms = 1000 * (time.perf_counter() - t0) / prepared.num_frames
     result = _score(video, Path(truth_json), gen.config.video.clip_frames, overlap)
@@ -95,7 +100,7 @@ def parse_row(text: str) -> tuple[str, str, bool, float, int]:
     if not sep:
         raise SystemExit(f"--row {text!r}: expected NAME=CHECKPOINT[:nomem][:mem=S][:overlap=M]")
     ckpt, *opts = spec.split(":")
-    nomem, mem, overlap = False, 1.0, 0
+    nomem, mem, overlap, anchor = False, 1.0, 0, 0.0
     for opt in opts:
         if opt == "nomem":
             nomem = True
@@ -103,11 +108,13 @@ def parse_row(text: str) -> tuple[str, str, bool, float, int]:
             mem = float(opt[4:])
         elif opt.startswith("overlap="):
             overlap = int(opt[8:])
+        elif opt.startswith("anchor="):
+            anchor = float(opt[7:])
         else:
             raise SystemExit(f"--row {text!r}: unknown option {opt!r} (nomem, mem=S, overlap=M)")
     if not Path(ckpt).is_file():
         raise SystemExit(f"--row {text!r}: checkpoint '{ckpt}' does not exist")
-    return name.strip(), ckpt, nomem, mem, overlap
+    return name.strip(), ckpt, nomem, mem, overlap, anchor
 
 
 def main() -> int:
@@ -129,9 +136,9 @@ def main() -> int:
         raise SystemExit(f"no ground-truth JSONs in {a.heldout}")
     rows = [parse_row(r) for r in a.row]
     out = Path(a.out)
-    jobs = [(name, ckpt, nomem, mem, overlap, str(t), str(out / name.replace(" ", "_").replace(",", "").replace("@", "at")), a.steps,
+    jobs = [(name, ckpt, nomem, mem, overlap, anchor, str(t), str(out / name.replace(" ", "_").replace(",", "").replace("@", "at")), a.steps,
              a.audio_scale, 1 if a.workers > 1 else 2)
-            for name, ckpt, nomem, mem, overlap in rows for t in truths]
+            for name, ckpt, nomem, mem, overlap, anchor in rows for t in truths]
     t0 = time.perf_counter()
     with ProcessPoolExecutor(a.workers) as pool:
         results = list(pool.map(_job, jobs))

@@ -32,7 +32,10 @@ def _add_generate(sub) -> None:
     p.add_argument("--no-memory", action="store_true", help="generate every clip from the portrait only (ablation)")
     p.add_argument("--overlap", type=int, default=None,
                    help="frames consecutive clips share and crossfade (0 = the paper's side-by-side clips; "
-                        "default: 2, which hides the seams)")
+                        "default: a quarter of a clip, 4 of 16, which hides the seams)")
+    p.add_argument("--memory-anchor", type=float, default=None,
+                   help="share of the portrait mixed into each clip's memory, 0..1 (0 = the paper's memory; "
+                        "default 0.2, which keeps long runs from drifting)")
     p.add_argument("--size-mode", default="model", choices=["model", "keep"],
                    help="model: crop+resize the portrait to the model's size; keep: use the image's size")
     p.add_argument("--resume-dir", help="keep finished clips here; running again with the same inputs resumes")
@@ -51,18 +54,19 @@ def cmd_generate(a) -> int:
     from .io.video import VideoWriter
     from .loading import load_generator
     from .eval.report import OVERLAP_TAG
-    from .pipeline import RECOMMENDED_OVERLAP, GenerationSettings
+    from .pipeline import RECOMMENDED_MEMORY_ANCHOR, GenerationSettings, recommended_overlap
     from .resume import ClipStore
     from .validation import require_file
 
     require_file(a.checkpoint, "checkpoint")
     image = load_image(a.image)
     waveform, rate = load_audio(a.audio)
+    gen = load_generator(a.checkpoint, dcae_path=a.dcae, speech_encoder_path=a.speech_encoder, device=a.device, dtype=a.dtype)
     settings = GenerationSettings(sampler=a.sampler, steps=a.steps, seed=a.seed,
                                   guidance=GuidanceScales(portrait=a.portrait_scale, audio=a.audio_scale, memory=a.memory_scale),
                                   use_memory=not a.no_memory,
-                                  overlap=RECOMMENDED_OVERLAP if a.overlap is None else a.overlap)
-    gen = load_generator(a.checkpoint, dcae_path=a.dcae, speech_encoder_path=a.speech_encoder, device=a.device, dtype=a.dtype)
+                                  overlap=recommended_overlap(gen.config.video.clip_frames) if a.overlap is None else a.overlap,
+                                  memory_anchor=RECOMMENDED_MEMORY_ANCHOR if a.memory_anchor is None else a.memory_anchor)
     t0 = time.perf_counter()
     prepared = gen.prepare(image, waveform, rate, size_mode=a.size_mode)
     store = ClipStore(a.resume_dir) if a.resume_dir else None

@@ -54,7 +54,9 @@ def add_demo_command(sub) -> None:
     p.add_argument("--portrait-scale", type=float, default=1.0, help="portrait guidance scale (1 = off)")
     p.add_argument("--no-memory", action="store_true", help="generate every clip from the portrait only (ablation)")
     p.add_argument("--overlap", type=int, default=None,
-                   help="frames consecutive clips share and crossfade (0 = the paper's side-by-side clips; default 2)")
+                   help="frames consecutive clips share and crossfade (0 = the paper's side-by-side clips; default 4 of 16)")
+    p.add_argument("--memory-anchor", type=float, default=None,
+                   help="share of the portrait mixed into each clip's memory (0 = the paper's memory; default 0.2)")
     p.set_defaults(func=run_demo_command)
 
 
@@ -69,7 +71,7 @@ def run_demo_command(a) -> int:
     from .io.image import load_image
     from .loading import load_generator
     from .audio.waveform import frame_count
-    from .pipeline import RECOMMENDED_OVERLAP, GenerationSettings, plan_clips, write_video
+    from .pipeline import RECOMMENDED_MEMORY_ANCHOR, GenerationSettings, plan_clips, recommended_overlap, write_video
 
     out = Path(a.out)
     ckpt = Path(a.checkpoint) if a.checkpoint else demo_model_path()
@@ -82,7 +84,8 @@ def run_demo_command(a) -> int:
     wave, rate = load_audio(truth.audio)
     settings = GenerationSettings(steps=a.steps, seed=0, use_memory=not a.no_memory,
                                   guidance=GuidanceScales(portrait=a.portrait_scale, audio=a.audio_scale),
-                                  overlap=RECOMMENDED_OVERLAP if a.overlap is None else a.overlap)
+                                  overlap=recommended_overlap(cfg.video.clip_frames) if a.overlap is None else a.overlap,
+                                  memory_anchor=RECOMMENDED_MEMORY_ANCHOR if a.memory_anchor is None else a.memory_anchor)
     video = out / "demo.mp4"
     t0 = time.perf_counter()
     plan = plan_clips(frame_count(int(wave.shape[-1]), rate, cfg.video.fps), cfg.video.clip_frames, settings.overlap)

@@ -9,7 +9,9 @@
 2. **Condition.** The portrait is encoded once by the DC-AE; the speech features of the whole (padded)
    track are computed once; each clip takes its frames' ±w windows, clamped at the track's ends.
 3. **Loop with the memory.** Clip 0's memory is the portrait latent repeated f times; each later clip's
-   memory is the last f clean latents of the video so far (FIFO, no noise at inference). Each clip is
+   memory is the last f clean latents of the video so far (FIFO, no noise at inference). Optionally
+   (``memory_anchor``, our addition) a share of the portrait is mixed into the memory each clip
+   (:func:`~letstalk_core.memory.bank.anchor_memory`), so the model's own errors cannot add up. Each clip is
    sampled with multimodal guidance in one batched forward per step.
 4. **Stream.** Each finished clip is decoded in chunks and handed to a sink (a video file, a list), so
    peak memory does not grow with the audio's length. After each clip a small
@@ -34,11 +36,18 @@ from .config import LetsTalkConfig
 from .diffusion.guidance import GuidanceScales, guided_model_fn
 from .diffusion.samplers import get_sampler
 from .diffusion.schedule import make_schedule
-from .memory.bank import initial_memory, update_memory
+from .memory.bank import anchor_memory, initial_memory, update_memory
 from .validation import require_finite, require_tensor
 
 MAX_PORTRAIT_SIDE = 8192
-RECOMMENDED_OVERLAP = 2  # what the CLI, the demo and the nodes default to (README: seams 1.5x -> see table)
+# What the CLI, the demo and the nodes default to (README, "Measured on held-out people and speech"):
+# the paper's plan (0, 0) lets the demo model's own errors pile up in the memory; these two fix that.
+RECOMMENDED_MEMORY_ANCHOR = 0.2
+
+
+def recommended_overlap(clip_frames: int) -> int:
+    """The overlap the CLI, the demo and the nodes default to: a quarter of a clip (4 of 16)."""
+    return clip_frames // 4
 
 
 class FrameSink(Protocol):
@@ -65,7 +74,8 @@ class GenerationSettings:
     """How to sample: sampler name and steps, guidance scales per modality, seed, decode chunk size,
     whether the memory bank is used (False: every clip sees the portrait as memory, i.e. clips are
     generated independently — the memory ablation) and the frames consecutive clips share and
-    crossfade (``overlap``; 0 is the paper's plan, see :func:`plan_clips`)."""
+    crossfade (``overlap``; 0 is the paper's plan, see :func:`plan_clips`) and the share of the
+    portrait mixed into each clip's memory (``memory_anchor``; 0 is the paper's memory)."""
 
     sampler: str = "auto"  # ddim for DDPM models, euler for flow models
     steps: int = 25
@@ -74,10 +84,15 @@ class GenerationSettings:
     decode_chunk: int = 8
     use_memory: bool = True
     overlap: int = 0
+    memory_anchor: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.overlap, bool) or not isinstance(self.overlap, int) or self.overlap < 0:
             raise ValueError(f"overlap must be an integer >= 0 (frames shared by consecutive clips); got {self.overlap!r}.")
+        if isinstance(self.memory_anchor, bool) or not isinstance(self.memory_anchor, (int, float)) \
+                or not 0.0 <= self.memory_anchor <= 1.0:
+            raise ValueError(f"memory_anchor must be a number from 0 to 1 (the share of the portrait mixed into the "
+                             f"memory); got {self.memory_anchor!r}.")
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
             raise ValueError(f"steps must be an integer >= 1; got {self.steps!r}.")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
@@ -387,7 +402,8 @@ class LetsTalkGenerator:
             memory, first = state.memory.to(self.device, torch.float32), state.next_clip
             tail = None if state.tail is None else state.tail.to(self.device, torch.float32)
         for clip in plan[first:]:
-            latents = self.sample_clip(prepared, clip, memory, settings, on_step)
+            given = anchor_memory(memory, portrait_memory, settings.memory_anchor)
+            latents = self.sample_clip(prepared, clip, given, settings, on_step)
             out = latents[:, :, :clip.emitted]
             if clip.head:
                 out = torch.cat([crossfade(tail, out[:, :, :clip.head]), out[:, :, clip.head:]], dim=2)

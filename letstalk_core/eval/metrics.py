@@ -10,6 +10,8 @@ streamed chunk by chunk; feeding a video in any chunking gives the same result a
 * :func:`srgb_to_lab`, :func:`delta_e76`, :func:`delta_e2000`: colour conversion and differences.
 * :class:`ColourDriftAccumulator` / :func:`colour_drift`: how far each region's mean colour moves
   away from the portrait's, per time window, and its trend in ΔE00 per minute.
+* :class:`PixelDriftAccumulator` / :func:`pixel_drift`: how far the frames themselves (not just
+  their mean colour) move away from the portrait, per time window, and its trend per minute.
 * :class:`BoundaryJumpAccumulator` / :func:`boundary_jump`: frame change across clip boundaries
   versus within clips.
 * :class:`FlickerAccumulator` / :func:`flicker`: temporal second difference of low-passed frames.
@@ -532,6 +534,64 @@ def colour_drift(frames, portrait, masks: dict | None, fps, window_seconds: floa
     ``max`` the largest window value. ``frames``: uint8 ``[F, H, W, 3]`` of the portrait's size.
     """
     acc = ColourDriftAccumulator(portrait, masks, fps, window_seconds)
+    acc.update(frames)
+    return acc.result()
+
+
+# ---------------------------------------------------------------------------------------------
+# pixel drift
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PixelDrift:
+    """Mean absolute difference (0..255) between each frame and the portrait, per time window.
+
+    A talking face differs from its portrait by its motion only, so on a faithful video this stays
+    flat at the motion's level (the ground truth's value gives the scale); a video whose structure
+    decays (blur, blotches, a face dissolving) climbs, even where mean colours barely move."""
+
+    windows: list[float]
+    times: list[float]
+    max: float
+    mean: float
+    slope_per_min: float
+
+
+class PixelDriftAccumulator:
+    """Chunk-wise :func:`pixel_drift` (keeps one float per frame)."""
+
+    def __init__(self, portrait, fps, window_seconds: float = 10.0):
+        p = np.asarray(portrait)
+        if p.dtype != np.uint8 or p.ndim != 3 or p.shape[-1] != 3:
+            raise ValueError(f"portrait must be uint8 [H, W, 3] (RGB), got {p.dtype} with shape {p.shape}.")
+        self.portrait = p.astype(np.int16)
+        self.fps = _check_fps(fps)
+        self.window_seconds = _check_positive(window_seconds, "window_seconds")
+        self._values: list[np.ndarray] = []
+
+    def update(self, frames) -> None:
+        f = _check_frames(frames)
+        if f.shape[1:] != self.portrait.shape:
+            raise ValueError(f"frames are {f.shape[1:]} but the portrait is {self.portrait.shape}; give the portrait at the video's size.")
+        step = _sub_batch(f.shape[1], f.shape[2])
+        for s in range(0, f.shape[0], step):
+            part = f[s:s + step].astype(np.int16)
+            self._values.append(np.abs(part - self.portrait).reshape(part.shape[0], -1).mean(axis=1))
+
+    def result(self) -> PixelDrift:
+        values = np.concatenate(self._values) if self._values else np.empty(0)
+        windows, times = _window_stats(values, self.fps, self.window_seconds)
+        return PixelDrift(windows=windows, times=times, max=max(windows) if windows else math.nan,
+                          mean=float(values.mean()) if values.size else math.nan,
+                          slope_per_min=_slope_per_minute(windows, times))
+
+
+def pixel_drift(frames, portrait, fps, window_seconds: float = 10.0) -> PixelDrift:
+    """Mean absolute difference between uint8 frames ``[F, H, W, 3]`` and the uint8 ``portrait``
+    ``[H, W, 3]``, averaged per window of ``window_seconds`` (see :class:`PixelDrift`), with its
+    least-squares slope per minute over the windows' mean times."""
+    acc = PixelDriftAccumulator(portrait, fps, window_seconds)
     acc.update(frames)
     return acc.result()
 

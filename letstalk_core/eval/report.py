@@ -19,6 +19,7 @@ from .metrics import (
     BoundaryJumpAccumulator,
     ColourDriftAccumulator,
     FlickerAccumulator,
+    PixelDriftAccumulator,
     _check_clip_frames,
     _check_fps,
     erode,
@@ -29,7 +30,7 @@ from .metrics import (
 DEFAULT_COLUMNS = (
     "lipsync_corr", "lipsync_best_lag", "lipsync_corr_at_0",
     "face_de_max", "face_de_slope_per_min", "hair_de_max", "hair_de_slope_per_min",
-    "frame_de_max", "frame_de_slope_per_min",
+    "frame_de_max", "frame_de_slope_per_min", "pixel_mae_max", "pixel_mae_slope_per_min",
     "boundary_jump_ratio", "boundary_mean", "within_mean", "flicker", "flicker_ratio",
     "frames", "seconds",
 )
@@ -72,6 +73,9 @@ def evaluate_video(video_path, *, clip_frames: int, overlap: int = 0, portrait: 
     * colour drift of the whole frame vs. ``portrait`` (uint8 ``[H, W, 3]`` at the video's size)
       or, without one, vs. the video's first frame: ``frame_de_max``, ``frame_de_slope_per_min``,
       ``frame_de_mean``, ``frame_de_windows`` (list), see :func:`.metrics.colour_drift`;
+    * ``pixel_mae_max``, ``pixel_mae_slope_per_min``, ``pixel_mae_mean``, ``pixel_mae_windows``: the
+      mean absolute difference of the frames from the same reference per window
+      (:func:`.metrics.pixel_drift`: structure, not just colour);
     * ``boundary_mean``, ``within_mean``, ``boundary_jump_ratio`` (:func:`.metrics.boundary_jump`);
     * ``flicker`` and ``flicker_ratio`` (:func:`.metrics.flicker`: second temporal differences
       within clips of 4x4 box low-passed frames; the ratio is to their within-clip mean change).
@@ -109,6 +113,7 @@ def evaluate_video(video_path, *, clip_frames: int, overlap: int = 0, portrait: 
             )
 
     drift = ColourDriftAccumulator(portrait, masks, fps, window_seconds) if portrait is not None else None
+    pixels = PixelDriftAccumulator(portrait, fps, window_seconds) if portrait is not None else None
     jump = BoundaryJumpAccumulator(clip_frames, overlap)
     flick = FlickerAccumulator(clip_frames, overlap=overlap)
     measured: list[np.ndarray] = []
@@ -116,7 +121,9 @@ def evaluate_video(video_path, *, clip_frames: int, overlap: int = 0, portrait: 
     for part in iter_video_chunks(video_path, chunk):
         if drift is None:
             drift = ColourDriftAccumulator(part[0], None, fps, window_seconds)
+            pixels = PixelDriftAccumulator(part[0], fps, window_seconds)
         drift.update(part)
+        pixels.update(part)
         jump.update(part)
         flick.update(part)
         if measure_mouth is not None:
@@ -138,6 +145,9 @@ def evaluate_video(video_path, *, clip_frames: int, overlap: int = 0, portrait: 
         out[f"{name}_de_slope_per_min"] = region.slope_per_min
         out[f"{name}_de_mean"] = region.mean
         out[f"{name}_de_windows"] = [_finite_or_none(v) for v in region.windows]
+    px = pixels.result()
+    out.update(pixel_mae_max=px.max, pixel_mae_slope_per_min=px.slope_per_min, pixel_mae_mean=px.mean,
+               pixel_mae_windows=[_finite_or_none(v) for v in px.windows])
     j = jump.result()
     out.update(boundary_mean=j.boundary_mean, within_mean=j.within_mean, boundary_jump_ratio=j.ratio)
     fl = flick.result()

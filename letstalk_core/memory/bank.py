@@ -27,3 +27,15 @@ def update_memory(memory: torch.Tensor, clip_latents: torch.Tensor, valid_frames
         return memory
     clip = clip_latents if valid_frames is None else clip_latents[:, :, :valid_frames]
     return torch.cat([memory, clip], dim=2)[:, :, -f:].contiguous()
+
+
+def anchor_memory(memory: torch.Tensor, portrait_memory: torch.Tensor, share: float) -> torch.Tensor:
+    """The memory a clip is given, pulled toward the portrait: ``(1 - share)·memory + share·portrait``.
+
+    Not in the paper (its memory is used as is). A model's own small errors in the memory are carried
+    into the next clip and add up over a long run; mixing in a fixed share of the clean portrait
+    latent every clip turns that random walk into a mean-reverting one (an error e becomes
+    (1 - share)·e before the next clip adds its own), while most of the motion state survives."""
+    if share == 0:
+        return memory
+    return torch.lerp(memory, portrait_memory.to(memory.dtype), share)

@@ -50,24 +50,24 @@ def test_resume_dir_gives_the_same_video(files):
     assert _generate(d, ckpt, full, "--resume-dir", str(d / "run")) == 0
     state = d / "run" / "state.safetensors"
     with safe_open(str(state), framework="pt") as f:
-        assert f.metadata()["next_clip"] == "8"  # 58 frames in clips of 8
+        assert f.metadata()["next_clip"] == "10"  # 58 frames in clips of 8 sharing 2 (the default: a quarter of a clip)
     # simulate an interruption after clip 2: rewind the state and drop the later clip files
     from letstalk_core.pipeline import GenerationState
     full_state = GenerationState.load(state)
     import numpy as np
-    originals = [np.load(d / "run" / f"clip_{i:05d}.npy") for i in range(8)]
-    for i in range(2, 8):
+    originals = [np.load(d / "run" / f"clip_{i:05d}.npy") for i in range(10)]
+    for i in range(2, 10):
         (d / "run" / f"clip_{i:05d}.npy").unlink()
     last = torch.from_numpy(np.load(d / "run" / "clip_00001.npy")).float()
-    assert last.shape == (8, 32, 32, 3)
+    assert last.shape == (6, 32, 32, 3)  # a clip's own frames: 8 less the 2 it hands to the next
     # the memory after clip 1 is rebuilt by rerunning clips 0-1 without the store
     from letstalk_core.loading import load_generator
     from letstalk_core.io.audio_file import load_audio
-    from letstalk_core.pipeline import GenerationSettings
+    from letstalk_core.pipeline import RECOMMENDED_MEMORY_ANCHOR, GenerationSettings, recommended_overlap
     gen = load_generator(ckpt, device="cpu")
     wave, rate = load_audio(d / "speech.wav")
     prepared = gen.prepare(load_image(d / "face.png"), wave, rate)
-    settings = GenerationSettings(steps=2)
+    settings = GenerationSettings(steps=2, overlap=recommended_overlap(8), memory_anchor=RECOMMENDED_MEMORY_ANCHOR)
     it = gen.iter_clips(prepared, settings)
     next(it)
     _, _, after_clip1 = next(it)
@@ -75,7 +75,8 @@ def test_resume_dir_gives_the_same_video(files):
     after_clip1.save(state)
     resumed = d / "resumed.mp4"
     assert _generate(d, ckpt, resumed, "--resume-dir", str(d / "run")) == 0
-    for i in range(8):  # the regenerated clips are bit-identical to the uninterrupted run's
+    assert after_clip1.tail is not None  # resumed in the middle of a crossfade
+    for i in range(10):  # the regenerated clips are bit-identical to the uninterrupted run's
         assert np.array_equal(np.load(d / "run" / f"clip_{i:05d}.npy"), originals[i])
     a, b = read_video_frames(full), read_video_frames(resumed)
     assert a.shape == b.shape == (58, 3, 32, 32)

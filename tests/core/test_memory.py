@@ -6,7 +6,7 @@ import torch
 
 from letstalk_core.config import MemoryConfig
 from letstalk_core.diffusion.schedule import DiffusionConfig, make_schedule
-from letstalk_core.memory import add_latent_noise, add_pixel_noise, initial_memory, regularise_memory, spatial_mask, update_memory
+from letstalk_core.memory import add_latent_noise, anchor_memory, add_pixel_noise, initial_memory, regularise_memory, spatial_mask, update_memory
 
 
 def test_initial_memory_repeats_the_portrait():
@@ -69,3 +69,17 @@ def test_regularise_is_deterministic_given_generator():
     assert torch.equal(a, b) and not torch.equal(a, m)
     off = MemoryConfig(latent_noise=False, spatial_mask=False)
     assert torch.equal(regularise_memory(m, sched.alphas_cumprod, off), m)
+
+
+def test_anchor_memory_mixes_in_the_portrait_and_bounds_a_random_walk():
+    portrait = initial_memory(torch.zeros(1, 4, 2, 2), 2)
+    memory = torch.ones(1, 4, 2, 2, 2)
+    assert anchor_memory(memory, portrait, 0.0) is memory  # the paper: the memory as it is
+    assert torch.allclose(anchor_memory(memory, portrait, 0.25), torch.full_like(memory, 0.75))
+    g = torch.Generator().manual_seed(0)
+    free, anchored = torch.zeros(4000), torch.zeros(4000)
+    for k in range(1, 4000):  # each clip adds its own small error to what its memory carried
+        e = torch.randn((), generator=g)
+        free[k] = free[k - 1] + e
+        anchored[k] = anchor_memory(anchored[k - 1].view(1, 1, 1, 1, 1), torch.zeros(1, 1, 1, 1, 1), 0.3).item() + e
+    assert free.abs().max() > 30 and anchored.abs().max() < 6

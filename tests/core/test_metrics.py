@@ -217,6 +217,26 @@ def test_accumulators_chunked_equal_whole(chunk):
     assert f.flicker == pytest.approx(whole[2].flicker) and f.frame_change == pytest.approx(whole[2].frame_change)
 
 
+def test_pixel_drift_is_flat_for_motion_and_climbs_for_decay():
+    rng = np.random.default_rng(0)
+    portrait = rng.integers(60, 200, (16, 16, 3)).astype(np.uint8)
+    frames = 300  # 30 s at 10 fps
+    moving = np.stack([np.roll(portrait, (i % 4) - 2, axis=1) for i in range(frames)])  # motion only
+    flat = M.pixel_drift(moving, portrait, 10)
+    assert len(flat.windows) == 3 and abs(flat.slope_per_min) < 1e-9 and flat.max > 0
+    noise = rng.normal(0, 1, (frames, 16, 16, 3)) * np.linspace(0, 40, frames)[:, None, None, None]
+    decaying = np.clip(portrait.astype(np.float64) + noise, 0, 255).round().astype(np.uint8)  # blotches that grow
+    d = M.pixel_drift(decaying, portrait, 10)
+    assert d.windows[0] < d.windows[1] < d.windows[2] and d.slope_per_min > 20
+    assert M.colour_drift(decaying, portrait, None, 10)["frame"].max < 3  # mean colour barely moves: ΔE misses it
+    acc = M.PixelDriftAccumulator(portrait, 10)
+    for s0 in range(0, frames, 7):
+        acc.update(decaying[s0:s0 + 7])
+    np.testing.assert_allclose(acc.result().windows, d.windows, rtol=1e-12)
+    with pytest.raises(ValueError, match="portrait at the video's size"):
+        M.pixel_drift(decaying[:, :8], portrait, 10)
+
+
 # ------------------------------------------------------------------------------------------------
 # boundary jump and flicker
 

@@ -139,3 +139,20 @@ def test_boundary_jump_finds_cuts_at_the_overlap_plan_and_counts_the_whole_blend
     assert flicker(blended, 16, overlap=2).count < flicker(blended, 16).count + 1
     with pytest.raises(ValueError, match="overlap must be an integer from 0 to 7"):
         boundary_jump(blended, 16, overlap=8)
+
+
+def test_memory_anchor_mixes_the_portrait_into_every_memory_given(monkeypatch):
+    gen = tiny_generator()
+    fake = _ConstantClips(gen)
+    monkeypatch.setattr(gen, "sample_clip", fake)
+    prepared = gen.prepare(portrait(), speech_like(1.3), 16000)
+    settings = GenerationSettings(steps=1, overlap=1, memory_anchor=0.25)
+    out = torch.cat([lat for _, lat, _ in gen.iter_clips(prepared, settings)], dim=2)
+    f = gen.config.memory.frames
+    p = prepared.portrait_latent[:, :, None]
+    for c in gen.plan(prepared, settings)[1:]:
+        expected = 0.75 * out[:, :, c.start - f:c.start] + 0.25 * p
+        assert torch.allclose(fake.memories[c.index], expected, atol=1e-6)
+    assert torch.allclose(fake.memories[0], p.expand_as(fake.memories[0]))  # clip 0: the portrait, anchored or not
+    with pytest.raises(ValueError, match="memory_anchor must be a number from 0 to 1"):
+        GenerationSettings(memory_anchor=1.5)

@@ -53,9 +53,15 @@ class Comfy:
     def __init__(self, base: str, dirs: dict, proc: subprocess.Popen, log: Path):
         self.base, self.dirs, self.proc, self.log = base, dirs, proc, log
 
-    def get(self, path: str, timeout: float = 30):
-        with urllib.request.urlopen(self.base + path, timeout=timeout) as r:
-            return json.loads(r.read())
+    def get(self, path: str, timeout: float = 30, expect: int = 200):
+        """GET a JSON answer; ``expect``: the status it must have (an error status's JSON body is returned)."""
+        try:
+            with urllib.request.urlopen(self.base + path, timeout=timeout) as r:
+                status, body = r.status, r.read()
+        except urllib.error.HTTPError as e:
+            status, body = e.code, e.read()
+        assert status == expect, (path, status, body[:500])
+        return json.loads(body)
 
     def post(self, path: str, body, timeout: float = 30):
         data = json.dumps(body).encode() if body is not None else b""

@@ -221,7 +221,7 @@ def test_resume_folder_resumes_after_an_interrupted_run(comfy, object_info):
     t0 = time.time()
     entry = comfy.wait(comfy.queue(api))
     assert entry["status"]["status_str"] == "success", entry["status"]
-    assert len(sorted(folder.glob("clip_*.npy"))) == 94  # 1500 frames in clips of 16
+    assert len(sorted(folder.glob("clip_*.npy"))) == 124  # 1500 frames in clips of 16 sharing 4: 1 + ceil((1500 - 16) / 12)
     print(f"resumed run finished in {time.time() - t0:.1f} s")
 
 
@@ -229,8 +229,20 @@ def test_plan_route_matches_the_audio(comfy):
     plan = comfy.get("/letstalk/plan?audio=letstalk_demo_speech.flac&ckpt=letstalk-demo.safetensors")
     samples, rate = audio_samples(SPEECH)
     assert plan["frames"] == math.ceil(samples * 25 / rate)
-    assert plan["clips"] == math.ceil(plan["frames"] / 16)
+    assert plan["clips"] == math.ceil(plan["frames"] / 16) and plan["overlap"] == 0
     assert abs(plan["seconds"] - samples / rate) < 1e-9
+    shared = comfy.get("/letstalk/plan?audio=letstalk_demo_speech.flac&ckpt=letstalk-demo.safetensors&overlap=2")
+    assert shared["clips"] == 1 + math.ceil((plan["frames"] - 16) / 14) and shared["overlap"] == 2
+    bad = comfy.get("/letstalk/plan?audio=letstalk_demo_speech.flac&ckpt=letstalk-demo.safetensors&overlap=8", expect=400)
+    assert "from 0 to 7" in bad["error"], bad
+
+
+def test_loop_defaults_are_the_core_recommendation(object_info):
+    from letstalk_core.pipeline import RECOMMENDED_MEMORY_ANCHOR, recommended_overlap
+
+    optional = object_info["LetsTalkMemoryBankLoop"]["input"]["optional"] | object_info["LetsTalkMemoryBankLoop"]["input"]["required"]
+    assert optional["overlap"][1]["default"] == recommended_overlap(16)  # the demo model's clips
+    assert optional["memory_anchor"][1]["default"] == RECOMMENDED_MEMORY_ANCHOR
 
 
 def test_nothing_written_outside_output_and_temp(comfy):

@@ -39,7 +39,7 @@ def test_converter_matches_the_frontend(comfy, object_info, browser_ready):
 def test_plan_and_progress_display(comfy, browser_ready):
     samples, rate = audio_samples(ASSETS / "letstalk_demo_speech.flac")
     frames = math.ceil(samples * 25 / rate)
-    clips = math.ceil(frames / 16)
+    clips = 1 + math.ceil((frames - 16) / 12)  # the workflow's loop: clips of 16 sharing 4 frames
     SHOTS.mkdir(parents=True, exist_ok=True)
     with comfy_page(comfy.base) as page:
         page.evaluate("async (ui) => { await window.app.loadGraphData(ui); }", json.loads(LONG.read_text()))
@@ -47,7 +47,7 @@ def test_plan_and_progress_display(comfy, browser_ready):
                                    return n && n.letstalk && /frames/.test(n.letstalk.planEl.textContent); }""",
                                timeout=30000)
         plan = panel_text(page, "planEl")
-        assert f"{frames} frames" in plan and f"{clips} clips of 16" in plan, plan
+        assert f"{frames} frames" in plan and f"{clips} clips of 16 sharing 4" in plan, plan
         assert f"{samples / rate:.2f} s at 25 fps" in plan, plan
         page.screenshot(path=str(SHOTS / "letstalk_plan.png"))
         # Run it (1 step per clip, a fresh seed) and watch the progress line.
@@ -63,7 +63,7 @@ def test_plan_and_progress_display(comfy, browser_ready):
         assert m, running
         k, n, a, b = map(int, m.groups())
         assert n == clips and 2 <= k <= clips
-        assert (a, b) == ((k - 1) * 16 - 1, (k - 1) * 16), running  # the previous clip's last 2 frames (1-based)
+        assert (a, b) == ((k - 1) * 12 - 1, (k - 1) * 12), running  # the 2 frames before clip k starts (1-based)
         page.wait_for_function("""() => { const n = window.app.graph._nodes.find(n => n.type === 'LetsTalkMemoryBankLoop');
                                    return /^done/.test(n.letstalk.runEl.textContent); }""", timeout=600000)
         print(f"plan: {plan}\nwhile running: {running}\nscreenshots in {SHOTS}")
