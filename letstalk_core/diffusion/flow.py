@@ -85,6 +85,19 @@ def flow_training_loss(model_fn: ModelFn, x0: torch.Tensor, sigma: torch.Tensor,
     return {"mse": mse, "loss": mse}
 
 
-def sampling_sigmas(steps: int, shift: float = 1.0) -> torch.Tensor:
-    """Float64 ``steps+1`` noise levels ``shift(linspace(1, 0, steps+1))`` for Euler sampling."""
-    return shift_sigmas(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64), shift)
+def sampling_sigmas(steps: int, shift: float = 1.0, *, grid: str = "uniform",
+                    num_train_timesteps: int = 1000) -> torch.Tensor:
+    """Float64 ``steps+1`` noise levels for Euler sampling, ending at 0.
+
+    ``grid="uniform"``: ``shift(linspace(1, 0, steps+1))``. ``grid="diffusers"``: diffusers
+    ``FlowMatchEulerDiscreteScheduler.set_timesteps`` (MEMO's sampler): ``shift(linspace(1, 1/T, steps))``
+    followed by 0, ``T = num_train_timesteps`` (its training σ run from 1/T to 1).
+    """
+    if grid == "uniform":
+        return shift_sigmas(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64), shift)
+    if grid == "diffusers":
+        n = num_train_timesteps
+        s = shift_sigmas(torch.linspace(float(n), 1.0, steps, dtype=torch.float64) / n, shift)
+        # diffusers keeps σ in float32; rounding here gives the same σ and the same model time σ·T
+        return torch.cat([s.to(torch.float32).to(torch.float64), torch.zeros(1, dtype=torch.float64)])
+    raise ValueError(f"grid must be 'uniform' or 'diffusers'; got {grid!r}.")

@@ -144,13 +144,15 @@ def sample_euler(model_fn: ModelFn, x: torch.Tensor, schedule: Schedule, *, step
                  generator: torch.Generator | None = None, callback: Callback | None = None) -> torch.Tensor:
     """Euler integration of the rectified-flow ODE ``dx/dσ = v`` (Liu et al. 2022; SD3; MEMO uses 20 steps).
 
-    ``σ_i = shift(linspace(1, 0, steps+1))`` with ``shift = schedule.config.flow_shift``;
+    ``σ_i`` from :func:`~letstalk_core.diffusion.flow.sampling_sigmas` with the config's ``flow_shift``
+    and ``flow_grid`` (``"diffusers"`` reproduces MEMO's ``FlowMatchEulerDiscreteScheduler``);
     ``x ← x + (σ_{i+1} − σ_i)·v̂(x, σ_i·T)``; ``x̂0 = x − σ_i·v̂``. Deterministic; ``generator`` is unused
     and accepted for the common signature.
     """
     _validate(model_fn, x, schedule, steps, "flow", "sample_euler")
     n = schedule.config.num_train_timesteps
-    sigmas = sampling_sigmas(steps, schedule.config.flow_shift)
+    sigmas = sampling_sigmas(steps, schedule.config.flow_shift, grid=schedule.config.flow_grid,
+                             num_train_timesteps=n)
     b = x.shape[0]
     for i in range(steps):
         s, s_next = float(sigmas[i]), float(sigmas[i + 1])

@@ -21,6 +21,7 @@ import torch
 
 OBJECTIVES = ("ddpm", "flow")
 BETA_SCHEDULES = ("linear", "cosine")
+FLOW_GRIDS = ("uniform", "diffusers")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,9 @@ class DiffusionConfig:
     beta_schedule: str = "linear"
     learn_sigma: bool = True
     flow_shift: float = 1.0
+    # Euler grid of a flow model: "uniform" σ = linspace(1, 0, steps+1) (our LetsTalk models), or
+    # "diffusers", FlowMatchEulerDiscreteScheduler's σ = linspace(1, 1/T, steps) then 0 (MEMO).
+    flow_grid: str = "uniform"
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -65,6 +69,10 @@ class DiffusionConfig:
             )
         if self.flow_shift <= 0:
             raise ValueError(f"DiffusionConfig.flow_shift must be > 0; got {self.flow_shift!r}.")
+        if self.flow_grid not in FLOW_GRIDS:
+            raise ValueError(
+                f"DiffusionConfig.flow_grid must be one of {', '.join(map(repr, FLOW_GRIDS))}; got {self.flow_grid!r}."
+            )
         if not isinstance(self.learn_sigma, bool):
             raise ValueError(f"DiffusionConfig.learn_sigma must be True or False; got {self.learn_sigma!r}.")
 

@@ -1,0 +1,76 @@
+"""MEMO's sampling recipe (code ``memo/pipelines/video_pipeline.py``, ``inference.py``,
+``configs/inference.yaml``; reference/letstalk_memo.md §2.6): rectified flow, 20 Euler steps on
+diffusers' ``FlowMatchEulerDiscreteScheduler`` grid (shift 1), classifier-free guidance with one scale
+(3.5) whose unconditional branch drops every condition at once — zero face embedding (through
+ImageProj), zero audio tokens (after the audio projector), the null emotion class, and no
+reference-attention tokens — evaluated together with the conditional branch in **one** batched
+forward (batch ``[uncond, cond]``, as the reference orders it).
+
+The sampler is the common one (:func:`letstalk_core.diffusion.samplers.sample_euler`); this module
+gives it MEMO's schedule and a guided velocity function.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..diffusion.schedule import DiffusionConfig, Schedule, make_schedule
+from ..memory.linear_state import LinearAttentionMemory
+from .audio_module import NULL_EMOTION
+from .diffusion_net import DiffusionNet
+
+MEMO_STEPS = 20
+MEMO_CFG = 3.5
+
+
+def memo_schedule() -> Schedule:
+    """Rectified flow with 1000 training steps, shift 1, diffusers' Euler grid."""
+    return make_schedule(DiffusionConfig(objective="flow", learn_sigma=False, flow_shift=1.0, flow_grid="diffusers"))
+
+
+@dataclass
+class GuidedConditions:
+    """The two guidance branches of one clip, stacked ``[uncond, cond]`` on the batch axis."""
+
+    reference_tokens: dict[str, torch.Tensor]  # {layer: [2, L, C]}
+    face_tokens: torch.Tensor  # [2, n, c]
+    audio_tokens: torch.Tensor  # [2, F, m, a]
+    emotion: torch.Tensor  # [2] long
+    uncond: torch.Tensor  # [2] bool: [True, False]
+
+
+def guided_conditions(*, reference_tokens: dict[str, torch.Tensor], face_tokens: torch.Tensor,
+                      uncond_face_tokens: torch.Tensor, audio_tokens: torch.Tensor, emotion: int) -> GuidedConditions:
+    """Stack a clip's conditions with MEMO's unconditional branch.
+
+    ``reference_tokens`` already hold both branches (the Reference Net runs on both, see
+    :func:`letstalk_core.unet.diffusion_net.split_reference_features`); ``face_tokens`` and
+    ``uncond_face_tokens`` are ImageProj of the face embedding and of zeros (``[1, n, c]``);
+    ``audio_tokens`` the projected audio of the clip (``[1, F, m, a]``); ``emotion`` the clip's class.
+    """
+    if not 0 <= int(emotion) < NULL_EMOTION:
+        raise ValueError(f"emotion must be a class index 0..{NULL_EMOTION - 1}; got {emotion!r}.")
+    dev = face_tokens.device
+    return GuidedConditions(
+        reference_tokens=reference_tokens,
+        face_tokens=torch.cat([uncond_face_tokens, face_tokens]),
+        audio_tokens=torch.cat([torch.zeros_like(audio_tokens), audio_tokens]),
+        emotion=torch.tensor([NULL_EMOTION, int(emotion)], device=dev),
+        uncond=torch.tensor([True, False], device=dev),
+    )
+
+
+def guided_velocity(net: DiffusionNet, conditions: GuidedConditions, memory: LinearAttentionMemory,
+                    scale: float = MEMO_CFG):
+    """``model_fn(x [1, C, F, h, w], t [1]) -> v_u + scale·(v_c − v_u)`` with one forward of batch 2."""
+    def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] != 1:
+            raise ValueError(f"MEMO samples one clip at a time; got a batch of {x.shape[0]}.")
+        pred = net(torch.cat([x, x]), t.reshape(-1)[:1].expand(2), reference_tokens=conditions.reference_tokens,
+                   face_tokens=conditions.face_tokens, audio_tokens=conditions.audio_tokens,
+                   emotion=conditions.emotion, memory=memory, uncond=conditions.uncond)
+        u, c = pred.float().chunk(2)
+        return (u + scale * (c - u)).to(x.dtype)
+
+    return model_fn
