@@ -47,6 +47,11 @@ def read_checkpoint(path) -> tuple[LetsTalkConfig, dict[str, dict[str, torch.Ten
     """Read a checkpoint → (config, {"dit": …, "dcae": …, "speech": …} state dicts, metadata)."""
     from safetensors import SafetensorError, safe_open
 
+    if path is not None and Path(path).is_dir():
+        from .unet.loading import looks_like_memo_folder
+        if looks_like_memo_folder(path):
+            raise ValueError(f"'{path}' is a MEMO model folder, not a LetsTalk checkpoint (a single .safetensors "
+                             "file). Load it with the MEMO loader (letstalk_core.unet.loading.load_memo).")
     p = require_file(path, "LetsTalk checkpoint")
     if p.suffix not in {".safetensors", ".sft"}:
         raise ValueError(f"'{p.name}' is not a .safetensors file; LetsTalk checkpoints are .safetensors files.")
@@ -57,7 +62,10 @@ def read_checkpoint(path) -> tuple[LetsTalkConfig, dict[str, dict[str, torch.Ten
             for key in f.keys():
                 prefix, _, rest = key.partition(".")
                 if prefix not in groups:
-                    raise ValueError(f"'{p.name}' holds tensor '{key}' outside the dit./dcae./speech. groups; it is not a LetsTalk checkpoint.")
+                    memo = " It looks like one part of a MEMO model folder: give the whole folder to the MEMO loader." \
+                        if p.name == "diffusion_pytorch_model.safetensors" else ""
+                    raise ValueError(f"'{p.name}' holds tensor '{key}' outside the dit./dcae./speech. groups; it is not "
+                                     f"a LetsTalk checkpoint.{memo}")
                 groups[prefix][rest] = f.get_tensor(key)
     except SafetensorError as e:
         raise ValueError(f"cannot read '{p}': {e}. The file is incomplete or not a safetensors file.") from e
