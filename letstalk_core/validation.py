@@ -59,9 +59,11 @@ def require_positive(value, name: str, *, integer: bool = False):
 
 
 def check_state_dict(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor], source: str,
-                     target: str = "its config") -> None:
-    """``ValueError`` naming the first missing, unexpected and mis-shaped tensors (with both shapes)."""
-    missing = [k for k in expected if k not in given]
+                     target: str = "its config", *, optional: tuple[str, ...] = (), hint: str = "") -> None:
+    """``ValueError`` naming the first missing, unexpected and mis-shaped tensors (with both shapes).
+
+    Keys ending in one of ``optional`` may be absent. Meta tensors work on both sides (only shapes count)."""
+    missing = [k for k in expected if k not in given and not (optional and k.endswith(optional))]
     unexpected = [k for k in given if k not in expected]
     shapes = [f"'{k}': expected {tuple(v.shape)}, file has {tuple(given[k].shape)}"
               for k, v in expected.items() if k in given and tuple(given[k].shape) != tuple(v.shape)]
@@ -74,4 +76,4 @@ def check_state_dict(expected: Mapping[str, torch.Tensor], given: Mapping[str, t
         problems.append(f"{len(shapes)} tensors with the wrong shape, e.g. {'; '.join(shapes[:5])}")
     if problems:
         raise ValueError(f"{source} does not match {target}: {'; '.join(problems)}. "
-                         "Is it the right file, and the right config/preset for it?")
+                         + (hint or "Is it the right file, and the right config/preset for it?"))

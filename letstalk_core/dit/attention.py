@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..layers.attention import merge_heads, split_heads  # noqa: F401  (re-exported for the DiT)
+
 LINEAR_ATTENTION_EPS = 1e-8  # SanaMSBlock's LiteLA epsilon (components.md §2.1)
 
 
@@ -39,15 +41,3 @@ def relu_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps
 def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Softmax attention ``softmax(q kᵀ/√d) v`` on ``[B, H, N, d]`` tensors (torch SDPA)."""
     return F.scaled_dot_product_attention(q, k, v)
-
-
-def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    """``[B, N, H·d] -> [B, H, N, d]``."""
-    b, n, c = x.shape
-    return x.view(b, n, heads, c // heads).transpose(1, 2)
-
-
-def merge_heads(x: torch.Tensor) -> torch.Tensor:
-    """``[B, H, N, d] -> [B, N, H·d]``."""
-    b, h, n, d = x.shape
-    return x.transpose(1, 2).reshape(b, n, h * d)

@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 
 from ..audio.projector import AudioProjector, AudioProjectorConfig
+from ..validation import check_state_dict
 from .config import UNetConfig, parse_unet_config
 from .projections import EMOTION_FEATURES, EmotionClassifier, ImageProj
 
@@ -79,20 +80,11 @@ OPTIONAL_SUFFIXES = (".pos_encoder.pe",)
 
 
 def _check_tensors(path: Path, expected: dict[str, tuple[int, ...]], found: dict[str, tuple]) -> None:
-    missing = [k for k in expected if k not in found and not k.endswith(OPTIONAL_SUFFIXES)]
-    unexpected = [k for k in found if k not in expected]
-    shapes = [f"'{k}': expected {list(expected[k])}, file has {list(found[k][0])}"
-              for k in expected if k in found and tuple(found[k][0]) != tuple(expected[k])]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing tensors, e.g. {missing[:4]}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected tensors, e.g. {unexpected[:4]}")
-    if shapes:
-        problems.append(f"{len(shapes)} tensors with another shape, e.g. {'; '.join(shapes[:3])}")
-    if problems:
-        raise ValueError(f"{path} does not match its config.json: {'; '.join(problems)}. Was the file renamed, "
-                         f"mixed with another model's, or edited? {DOWNLOAD_HINT}")
+    meta = torch.device("meta")
+    check_state_dict({k: torch.empty(v, device=meta) for k, v in expected.items()},
+                     {k: torch.empty(v[0], device=meta) for k, v in found.items()}, str(path), "its config.json",
+                     optional=OPTIONAL_SUFFIXES,
+                     hint=f"Was the file renamed, mixed with another model's, or edited? {DOWNLOAD_HINT}")
 
 
 def _shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
