@@ -23,7 +23,7 @@ from .data.faces import Box, crop_and_resize, crop_box_for_video
 from .validation import require_finite, require_tensor
 
 __all__ = ["FaceBox", "face_box", "manual_box", "crop_face", "feather_mask", "paste_back", "iter_paste_back",
-           "paste_back_bytes"]
+           "paste_back_bytes", "paste_back_video"]
 
 
 @dataclass(frozen=True)
@@ -129,3 +129,35 @@ def paste_back(frames: torch.Tensor, image: torch.Tensor, box: FaceBox, *, feath
     ``box`` → ``[N, 3, H, W]``. Frames are resized to the box side (bicubic); outside the box the
     photo is unchanged."""
     return torch.cat(list(iter_paste_back(frames, image, box, feather=feather)))
+
+
+def paste_back_video(source, destination, image: torch.Tensor, box: FaceBox, *, feather: float = 0.1,
+                     chunk: int = 16, should_stop=None, metadata: dict[str, str] | None = None) -> int:
+    """Stream a face video file into the photo: each decoded chunk of ``source`` is pasted into
+    ``image`` at ``box`` (:func:`iter_paste_back`) and encoded into ``destination`` at the same frame
+    rate, with ``source``'s sound. Memory stays at one chunk of full-size frames whatever the length
+    (an IMAGE batch of 5 minutes of 1920×1080 frames would be 220 GB). ``should_stop()``, called
+    before each chunk, may raise to cancel; the unfinished file is removed. Returns the frame count."""
+    from pathlib import Path
+
+    from .io.audio_file import load_audio
+    from .io.video import VideoWriter, iter_video_chunks, probe_video
+
+    info = probe_video(source)
+    audio = load_audio(source) if info.has_audio else (None, None)
+    out = Path(destination)
+    written = 0
+    try:
+        with VideoWriter(out, info.fps, audio=audio[0], audio_rate=audio[1],
+                         metadata={**info.metadata, **(metadata or {})}) as writer:
+            for pixels in iter_video_chunks(source, chunk):
+                if should_stop is not None:
+                    should_stop()
+                faces = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1
+                for frames in iter_paste_back(faces, image, box, feather=feather, chunk=chunk):
+                    writer.write(frames)
+                    written += frames.shape[0]
+    except BaseException:
+        out.unlink(missing_ok=True)
+        raise
+    return written

@@ -122,7 +122,7 @@ def preview_decoder(generator):
     return decode
 
 
-def check_host_memory(nbytes: int, what: str) -> None:
+def check_host_memory(nbytes: int, what: str, hint: str = "") -> None:
     """Fail before any work when the result cannot fit in RAM (the late OOM users of other packs
     lose hours to)."""
     try:
@@ -132,4 +132,39 @@ def check_host_memory(nbytes: int, what: str) -> None:
     avail = psutil.virtual_memory().available
     if nbytes > 0.8 * avail:
         raise MemoryError(f"{what} need {nbytes / 2**30:.1f} GiB as an IMAGE batch but only {avail / 2**30:.1f} GiB of "
-                          "RAM is free. Use a shorter speech track (split it and join the videos), a smaller photo, or free memory.")
+                          "RAM is free. " + (hint or "Use a shorter speech track (split it and join the videos), a "
+                                                     "smaller photo, or free memory."))
+
+
+def consumed_outputs(prompt, node_id) -> set[int] | None:
+    """Which output slots of node ``node_id`` some node of ``prompt`` (the API graph ComfyUI runs) takes
+    as input; None when that cannot be told (then the caller makes every output)."""
+    if not isinstance(prompt, dict) or node_id is None:
+        return None
+    me = str(node_id)
+    used = set()
+    for node in prompt.values():
+        for value in (node.get("inputs", {}) if isinstance(node, dict) else {}).values():
+            if isinstance(value, (list, tuple)) and len(value) == 2 and str(value[0]) == me and isinstance(value[1], int):
+                used.add(value[1])
+    return used or None
+
+
+def video_output(path):
+    """A native VIDEO for a file we wrote (streamed: nothing of it is held in memory)."""
+    from comfy_api.latest import InputImpl
+
+    return InputImpl.VideoFromFile(str(path))
+
+
+def video_source(video, what: str = "video"):
+    """The file behind a native VIDEO, to stream from it; a VIDEO built from frames in memory is written
+    to a temporary file first (it is in memory already)."""
+    src = video.get_stream_source() if hasattr(video, "get_stream_source") else None
+    if isinstance(src, (str, bytes)) or hasattr(src, "__fspath__"):
+        return str(src)
+    if not hasattr(video, "save_to"):
+        raise ValueError(f"{what} must be a VIDEO (e.g. the Memory Bank Loop's video output or Load Video).")
+    path = host.temp_file("letstalk_source", ".mp4")
+    video.save_to(str(path))
+    return str(path)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from . import common
+from . import common, host
 from .types import socket_types
 
 _, _, _, _, FaceBoxType = socket_types()
@@ -77,26 +77,43 @@ class LetsTalkPasteBack(io.ComfyNode):
             display_name="LetsTalk Paste Back",
             category="LetsTalk/face",
             description="Puts generated face frames back into the photo at the crop's place, blended through a "
-                        "feathered edge; the rest of the photo stays exactly as it was.",
+                        "feathered edge; the rest of the photo stays exactly as it was. Takes either IMAGE frames "
+                        "(returns IMAGE) or a VIDEO (returns a VIDEO with its sound, streamed frame by frame: use "
+                        "it for long runs into large photos).",
             inputs=[
-                io.Image.Input("frames", tooltip="The generated frames (e.g. Memory Bank Loop images)."),
                 io.Image.Input("photo", tooltip="The photo the face was cropped from."),
                 FaceBoxType.Input("face_box", tooltip="From LetsTalk Face Crop on the same photo."),
                 io.Float.Input("feather", default=0.12, min=0.0, max=0.5, step=0.01,
                                tooltip="Width of the soft edge, as a fraction of the box side (0 = hard edge)."),
+                io.Image.Input("frames", optional=True,
+                               tooltip="The generated frames (e.g. Memory Bank Loop images). Connect this or 'video'."),
+                io.Video.Input("video", optional=True,
+                               tooltip="The generated video (e.g. Memory Bank Loop video): pasted frame by frame "
+                                       "into a new video with the same sound, never all frames in memory."),
             ],
-            outputs=[io.Image.Output("images", tooltip="The photo with the talking face, one per frame.")],
+            outputs=[io.Image.Output("images", tooltip="The photo with the talking face, one per frame (empty when "
+                                                       "the input was a video)."),
+                     io.Video.Output("video", tooltip="The photo with the talking face as a video with the input "
+                                                      "video's sound (only when the input was a video).")],
         )
 
     @classmethod
-    def execute(cls, frames, photo, face_box, feather) -> io.NodeOutput:
+    def execute(cls, photo, face_box, feather, frames=None, video=None) -> io.NodeOutput:
         import torch
 
-        from ..letstalk_core.compose import FaceBox, iter_paste_back, paste_back_bytes
+        from ..letstalk_core.compose import FaceBox, iter_paste_back, paste_back_bytes, paste_back_video
 
         if not isinstance(face_box, FaceBox):
             raise ValueError("connect 'face_box' to the face_box output of LetsTalk Face Crop.")
+        if (frames is None) == (video is None):
+            raise ValueError("connect exactly one of 'frames' (IMAGE) and 'video' (VIDEO): for long runs, the Memory "
+                             "Bank Loop's video output.")
         image = common.image_to_core(photo, "photo")[:1, :3]
+        if video is not None:
+            out = host.temp_file("letstalk_paste_back", ".mp4")
+            paste_back_video(common.video_source(video), out, image, face_box, feather=feather,
+                             should_stop=host.check_interrupt)
+            return io.NodeOutput(torch.zeros((0, face_box.height, face_box.width, 3)), common.video_output(out))
         n = frames.shape[0]
         common.check_host_memory(paste_back_bytes(n, face_box.width, face_box.height),
                                  f"{n} frames of {face_box.width}×{face_box.height}")
@@ -106,7 +123,7 @@ class LetsTalkPasteBack(io.ComfyNode):
         for chunk in iter_paste_back(faces, image, face_box, feather=feather):
             out[pos:pos + chunk.shape[0]] = common.core_to_image(chunk)
             pos += chunk.shape[0]
-        return io.NodeOutput(out)
+        return io.NodeOutput(out, None)
 
 
 NODES = [LetsTalkFaceCrop, LetsTalkPasteBack]

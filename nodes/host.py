@@ -107,6 +107,15 @@ def temp_dir() -> Path:
     return Path(folder_paths.get_temp_directory()).resolve()
 
 
+def temp_file(prefix: str, suffix: str) -> Path:
+    """A new file name in ``temp/letstalk/`` (ComfyUI empties its temp folder when it starts)."""
+    import uuid
+
+    folder = temp_dir() / "letstalk"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{prefix}_{uuid.uuid4().hex[:12]}{suffix}"
+
+
 def inside_output(subfolder: str) -> Path:
     """``subfolder`` under ComfyUI's output folder; refuses absolute paths and ``..`` escapes."""
     root = output_dir()
@@ -128,6 +137,15 @@ def send_event(data: dict) -> None:
     server = getattr(PromptServer, "instance", None)
     if server is not None:
         server.send_sync(EVENT, data, server.client_id)
+
+
+def previews_enabled() -> bool:
+    """False when ComfyUI runs with ``--preview-method none`` (then no preview is decoded at all)."""
+    try:
+        from comfy.cli_args import LatentPreviewMethod, args
+    except ImportError:
+        return True
+    return args.preview_method != LatentPreviewMethod.NoPreviews
 
 
 @dataclass
@@ -155,8 +173,9 @@ class Progress:
         """The sampler's per-step callback (a :class:`~letstalk_core.pipeline.StepInfo`)."""
         self.done += 1
         preview = None
-        if self.preview_decode is not None and (info.step + 1 == info.steps or info.step % 2 == 0):
-            preview = ("JPEG", self.preview_decode(info.denoised), 512)
+        if self.preview_decode is not None and previews_enabled() and (info.step + 1 == info.steps or info.step % 2 == 0):
+            image = self.preview_decode(info.denoised)
+            preview = ("JPEG", image, max(image.size))  # its real size: ComfyUI would scale it up to a larger one
         self.bar.update_absolute(self.done, self.total_steps, preview)
         send_event({**self.info, "step": info.step + 1, "steps": info.steps, "state": "running"})
         check_interrupt()  # cancel within one sampling step

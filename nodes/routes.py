@@ -24,7 +24,7 @@ def read_config(ckpt_path: str):
 def plan(audio_path: str, ckpt_path: str, overlap: int = 0) -> dict:
     from ..letstalk_core.audio.waveform import frame_count
     from ..letstalk_core.io.audio_file import load_audio
-    from ..letstalk_core.pipeline import plan_clips
+    from ..letstalk_core.pipeline import max_overlap, plan_clips
 
     config = read_config(ckpt_path)
     wave, rate = load_audio(audio_path)
@@ -33,11 +33,28 @@ def plan(audio_path: str, ckpt_path: str, overlap: int = 0) -> dict:
     return {"seconds": wave.shape[-1] / rate, "samples": int(wave.shape[-1]), "sample_rate": rate,
             "fps": float(config.video.fps), "frames": frames, "clips": len(clips),
             "clip_frames": config.video.clip_frames, "overlap": overlap, "memory_frames": config.memory.frames,
-            "last_clip_frames": clips[-1].frames}
+            "last_clip_frames": clips[-1].frames, "max_overlap": max_overlap(config.video.clip_frames)}
+
+
+ROUTE = "/letstalk/plan"
+
+
+def already_registered(server) -> bool:
+    """True when some copy of this pack has added the route already (a second folder with the pack in
+    ``custom_nodes/`` imports it again under another module name, so a module-level flag cannot tell)."""
+    for r in list(getattr(server, "routes", []) or []):
+        if getattr(r, "path", None) == ROUTE:
+            return True
+    try:
+        return any(getattr(res, "canonical", None) == ROUTE for res in server.app.router.resources())
+    except Exception:  # the app may not exist yet
+        return False
 
 
 def register() -> None:
-    """Add the route to ComfyUI's server (registration only; called when the pack loads)."""
+    """Add the route to ComfyUI's server, once, whatever number of copies of the pack are loaded
+    (registration only; called when the pack loads). A failure here is logged and never stops the
+    server from starting: the web panel then shows no plan, and everything else works."""
     try:
         from aiohttp import web
         from server import PromptServer
@@ -46,8 +63,17 @@ def register() -> None:
     server = getattr(PromptServer, "instance", None)
     if server is None:
         return
+    if already_registered(server):
+        log.info("letstalk: %s is already registered (another copy of the pack is loaded); keeping the first", ROUTE)
+        return
+    try:
+        _add_route(server, web)
+    except Exception:  # never let the pack stop ComfyUI from starting
+        log.exception("letstalk: could not register %s; the Memory Bank Loop's plan display is off", ROUTE)
 
-    @server.routes.get("/letstalk/plan")
+
+def _add_route(server, web) -> None:
+    @server.routes.get(ROUTE)
     async def letstalk_plan(request):
         import asyncio
 

@@ -55,8 +55,8 @@ class LetsTalkSampler(io.ComfyNode):
                         "features of that clip and an optional memory (the previous clip). Chain several with "
                         "'memory' for a manual long video, or use Memory Bank Loop.",
             inputs=[
-                Model.Input("model", tooltip="The LetsTalk transformer (portrait and audio fusion are fixed by its training: "
-                                             "see the loader's description)."),
+                Model.Input("model", tooltip="The LetsTalk transformer from LetsTalk Model Loader. How it fuses the "
+                                             "portrait and the audio is fixed by its training (`letstalk info` prints it)."),
                 io.Latent.Input("portrait", tooltip="The portrait's DC-AE latent (DC-AE Encode at the model's size)."),
                 Features.Input("audio_features", tooltip="From LetsTalk Audio Encoder with this model."),
                 io.Int.Input("clip_index", default=0, min=0, max=100000,
@@ -149,12 +149,17 @@ class LetsTalkMemoryBankLoop(io.ComfyNode):
                                    tooltip="Optional: a wav2vec2 encoder. Empty: the model's own speech front end."),
             ],
             outputs=[
-                io.Image.Output("images", tooltip="All frames, ceil(seconds × fps) of them."),
+                io.Image.Output("images", tooltip="All frames, ceil(seconds × fps) of them, held in RAM (about 3 MB a "
+                                                  "frame at 512²): for short runs and graphs that process frames. "
+                                                  "Empty when only 'video' is connected."),
                 io.Audio.Output("audio", tooltip="The audio the frames cover (the track padded with silence to "
                                                  "frames / fps seconds)."),
                 io.Float.Output("fps", tooltip="The model's frame rate, for Create Video."),
+                io.Video.Output("video", tooltip="The frames with the sound as an mp4, written to ComfyUI's temp "
+                                                 "folder as they are decoded: memory stays flat however long the "
+                                                 "speech. Connect it to Save Video (or Paste Back) for long runs."),
             ],
-            hidden=[io.Hidden.unique_id],
+            hidden=[io.Hidden.unique_id, io.Hidden.prompt],
         )
 
     @classmethod
@@ -176,16 +181,24 @@ class LetsTalkMemoryBankLoop(io.ComfyNode):
         plan = gen.plan(prepared, settings)  # refuses an overlap too large for the model's clips
         cfg = model.config
         n, h, w = prepared.num_frames, cfg.video.height, cfg.video.width
-        common.check_host_memory(n * h * w * 3 * 4, f"{n} frames of {w}×{h}")
+        fps = float(cfg.video.fps)
+        # Make only what the graph takes: the IMAGE batch grows with the audio, the streamed video does not.
+        used = common.consumed_outputs(cls.hidden.prompt, cls.hidden.unique_id)
+        keep_images = used is None or 0 in used
+        stream_video = used is None or 3 in used
+        common.check_host_memory(n * h * w * 3 * 4 if keep_images else 0, f"{n} frames of {w}×{h}",
+                                 hint="Connect the loop's 'video' output to Save Video instead of 'images': it is "
+                                      "written to disk as it is made, in constant memory.")
         store = ClipStore(host.inside_output(resume_folder)) if resume_folder.strip() else None
         state = store.load_state(gen.fingerprint(prepared, settings)) if store else None
         done = state.next_clip if state else 0
+        covered = common.covered_audio(audio, n, fps)
 
-        images = torch.empty((n, h, w, 3), dtype=torch.float32)
+        images = torch.empty((n if keep_images else 0, h, w, 3), dtype=torch.float32)
+        sink = _FrameSink(images if keep_images else None, covered, fps, overlap)
+        if stream_video:
+            sink.open_video(host.temp_file("letstalk_loop", ".mp4"))
         progress = host.Progress(cls.hidden.unique_id, len(plan) * settings.steps, common.preview_decoder(gen))
-        for clip, frames in zip(plan[:done], store.stored_clips(done) if store else []):
-            images[clip.start:clip.start + clip.emitted] = torch.from_numpy(frames).float() / 255
-        progress.skip(done * settings.steps)
         f = cfg.memory.frames
         current = {"clip": -1}
 
@@ -195,19 +208,63 @@ class LetsTalkMemoryBankLoop(io.ComfyNode):
                 progress.start_clip(info.clip, info.clips, _memory_text(plan, info.clip, f, settings.use_memory))
             progress.step(info)
 
-        for clip, latents, new_state in gen.iter_clips(prepared, settings, state=state, on_step=on_step):
-            pos = clip.start
-            decoded = []
-            for chunk in gen.decode_clip(latents, clip, settings.decode_chunk):
-                images[pos:pos + chunk.shape[0]] = common.core_to_image(chunk)
-                pos += chunk.shape[0]
+        try:
+            for clip, frames in zip(plan[:done], store.stored_clips(done) if store else []):
+                sink.write(clip.start, torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1)
+            progress.skip(done * settings.steps)
+            for clip, latents, new_state in gen.iter_clips(prepared, settings, state=state, on_step=on_step):
+                pos = clip.start
+                decoded = []
+                for chunk in gen.decode_clip(latents, clip, settings.decode_chunk):
+                    sink.write(pos, chunk)
+                    pos += chunk.shape[0]
+                    if store:
+                        decoded.append(chunk)
                 if store:
-                    decoded.append(chunk)
-            if store:
-                store.save_clip(clip.index, torch.cat(decoded))
-                store.save_state(new_state)
+                    store.save_clip(clip.index, torch.cat(decoded))
+                    store.save_state(new_state)
+        except BaseException:
+            sink.abort()
+            raise
+        video = sink.finish()
         progress.finish()
-        return io.NodeOutput(images, common.covered_audio(audio, n, float(cfg.video.fps)), float(cfg.video.fps))
+        return io.NodeOutput(images, covered, fps, video)
+
+
+class _FrameSink:
+    """Where the loop's decoded frames go: the IMAGE batch (when the graph takes it) and/or an mp4 with
+    the covered sound written as the frames come (when it takes the video)."""
+
+    def __init__(self, images, covered: dict, fps: float, overlap: int):
+        self.images, self.covered, self.fps, self.overlap = images, covered, fps, overlap
+        self.writer = self.path = None
+
+    def open_video(self, path) -> None:
+        from ..letstalk_core.eval.report import OVERLAP_TAG
+        from ..letstalk_core.io.video import VideoWriter
+
+        self.path = path
+        self.writer = VideoWriter(path, self.fps, audio=self.covered["waveform"][0],
+                                  audio_rate=int(self.covered["sample_rate"]), metadata={OVERLAP_TAG: str(self.overlap)})
+
+    def write(self, start: int, frames) -> None:
+        """Frames ``[k, 3, H, W]`` in [-1, 1] for video positions ``start … start + k - 1`` (in order)."""
+        if self.images is not None:
+            self.images[start:start + frames.shape[0]] = common.core_to_image(frames)
+        if self.writer is not None:
+            self.writer.write(frames)
+
+    def abort(self) -> None:
+        """Cancelled or failed: close and remove the unfinished file."""
+        if self.writer is not None:
+            self.writer.close(complete=False)
+            self.path.unlink(missing_ok=True)
+
+    def finish(self):
+        if self.writer is None:
+            return None
+        self.writer.close()
+        return common.video_output(self.path)
 
 
 NODES = [LetsTalkSampler, LetsTalkMemoryBankLoop]

@@ -7,7 +7,9 @@ import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
 const LOOP = "LetsTalkMemoryBankLoop";
+const EXTENSION = "letstalk.memoryBankLoop";
 const POLL_MS = 1000;
+const LINE_PX = 16; // 12 px monospace, line-height 16 px
 
 function upstream(node, inputName) {
   const input = node.inputs?.find((i) => i.name === inputName);
@@ -37,12 +39,40 @@ function formatPlan(p) {
     (p.memory_frames ? ` · memory ${p.memory_frames} frames` : "");
 }
 
+// The panel's height: the wrapped text's own height, so the text never spills over the preview image
+// ComfyUI draws below the widgets.
+function panelHeight(state) {
+  const el = state.el;
+  const lines = (state.planEl.textContent ? 1 : 0) + (state.runEl.textContent ? 1 : 0);
+  // Before the panel is laid out, reserve two wrapped rows per line of text.
+  const content = el.isConnected && el.clientWidth > 0
+    ? state.planEl.offsetHeight + state.runEl.offsetHeight + 10 : lines * LINE_PX * 2 + 10;
+  return Math.max(content, 2 * LINE_PX + 10);
+}
+
+// Grow the node when the panel needs more room (never shrink what the user sized).
+function fitNode(node) {
+  const state = node.letstalk;
+  if (!state) return;
+  const need = node.computeSize?.();
+  if (need && node.size && need[1] > node.size[1]) node.setSize([node.size[0], need[1]]);
+  node.setDirtyCanvas?.(true, true);
+}
+
+function setText(node, which, text) {
+  const state = ensurePanel(node);
+  if (state[which].textContent === text) return;
+  state[which].textContent = text;
+  fitNode(node);
+}
+
 function ensurePanel(node) {
   if (node.letstalk) return node.letstalk;
   const el = document.createElement("div");
   el.className = "letstalk-panel";
-  el.style.cssText = "font: 12px monospace; color: var(--input-text, #ddd); padding: 4px 6px; white-space: pre-wrap;" +
-    "background: rgba(0,0,0,0.25); border-radius: 4px; min-height: 2.6em;";
+  el.style.cssText = `font: 12px/${LINE_PX}px monospace; color: var(--input-text, #ddd); padding: 4px 6px;` +
+    "white-space: pre-wrap; overflow-wrap: anywhere; overflow: hidden; box-sizing: border-box;" +
+    "background: rgba(0,0,0,0.25); border-radius: 4px;";
   const planEl = document.createElement("div");
   planEl.className = "letstalk-plan";
   planEl.textContent = "plan: connect Load Audio";
@@ -53,7 +83,11 @@ function ensurePanel(node) {
   const state = { el, planEl, runEl, key: "", plan: null, run: null };
   node.letstalk = state;
   if (node.addDOMWidget) {
-    node.addDOMWidget("letstalk_plan", "letstalk-plan", el, { serialize: false, getMinHeight: () => 44 });
+    node.addDOMWidget("letstalk_plan", "letstalk-plan", el, {
+      serialize: false,
+      getMinHeight: () => panelHeight(state),
+      getMaxHeight: () => panelHeight(state),
+    });
   }
   return state;
 }
@@ -66,10 +100,10 @@ async function refreshPlan(node) {
   state.key = k;
   if (!key) {
     state.plan = null;
-    state.planEl.textContent = "plan: connect Load Audio";
+    setText(node, "planEl", "plan: connect Load Audio");
     return;
   }
-  state.planEl.textContent = "plan: reading audio…";
+  setText(node, "planEl", "plan: reading audio…");
   try {
     const res = await api.fetchApi(`/letstalk/plan?audio=${encodeURIComponent(key.audio)}&ckpt=${encodeURIComponent(key.ckpt)}` +
       `&overlap=${encodeURIComponent(key.overlap)}`);
@@ -77,15 +111,24 @@ async function refreshPlan(node) {
     if (state.key !== k) return; // changed while we waited
     if (!res.ok) {
       state.plan = null;
-      state.planEl.textContent = `plan: ${body.error ?? res.statusText}`;
+      setText(node, "planEl", `plan: ${body.error ?? res.statusText}`);
       return;
     }
     state.plan = body;
-    state.planEl.textContent = `plan: ${formatPlan(body)}`;
+    clampOverlap(node, body.max_overlap);
+    setText(node, "planEl", `plan: ${formatPlan(body)}`);
   } catch (e) {
-    state.planEl.textContent = `plan: unavailable (${e})`;
+    setText(node, "planEl", `plan: unavailable (${e})`);
   }
-  node.setDirtyCanvas?.(true, true);
+}
+
+// The overlap widget's range is what the connected model allows, (clip_frames - 1) // 2 (the server
+// refuses more with a clear error where the model is not known here).
+function clampOverlap(node, max) {
+  const w = node.widgets?.find((x) => x.name === "overlap");
+  if (!w || !Number.isFinite(max)) return;
+  w.options = { ...(w.options ?? {}), max };
+  if (w.value > max) w.value = max;
 }
 
 function loopNodes() {
@@ -100,16 +143,21 @@ function onProgress(event) {
   const state = ensurePanel(node);
   state.run = d;
   if (d.state === "done") {
-    state.runEl.textContent = state.plan ? `done: ${state.plan.clips} clips` : "done";
+    setText(node, "runEl", state.plan ? `done: ${state.plan.clips} clips` : "done");
   } else {
     const step = d.steps ? ` · step ${d.step}/${d.steps}` : "";
-    state.runEl.textContent = `clip ${d.clip} of ${d.clips}${step} · memory: ${d.memory}`;
+    setText(node, "runEl", `clip ${d.clip} of ${d.clips}${step} · memory: ${d.memory}`);
   }
-  node.setDirtyCanvas?.(true, true);
 }
 
-app.registerExtension({
-  name: "letstalk.memoryBankLoop",
+// ComfyUI can serve web/ twice (from [tool.comfy] web and from WEB_DIRECTORY when the folder name differs
+// from the project name): the second copy of this module must not register again.
+const alreadyRegistered = window.__letstalkExtensionLoaded ||
+  (app.extensions ?? []).some((e) => e?.name === EXTENSION);
+window.__letstalkExtensionLoaded = true;
+
+if (!alreadyRegistered) app.registerExtension({
+  name: EXTENSION,
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (nodeData.name !== LOOP) return;
     const created = nodeType.prototype.onNodeCreated;

@@ -102,7 +102,49 @@ class Comfy:
             if self.proc.poll() is not None:
                 raise AssertionError(f"ComfyUI exited (code {self.proc.returncode}); log: {self.log}")
             time.sleep(0.25)
-        raise AssertionError(f"prompt {prompt_id} did not finish within {timeout} s")
+        self.cancel(prompt_id)
+        raise AssertionError(f"prompt {prompt_id} did not finish within {timeout} s (cancelled, so the next tests run)")
+
+    def cancel(self, prompt_id: str) -> None:
+        """Take ``prompt_id`` off the queue, or interrupt it if it is running, and wait until it stops."""
+        try:
+            self.post("/queue", {"delete": [prompt_id]})
+            queue = self.get("/queue")
+            if any(item[1] == prompt_id for item in queue.get("queue_running", [])):
+                self.post("/interrupt", {"prompt_id": prompt_id})
+            t0 = time.time()
+            while time.time() - t0 < 120:
+                queue = self.get("/queue")
+                if not any(item[1] == prompt_id for item in queue.get("queue_running", []) + queue.get("queue_pending", [])):
+                    return
+                time.sleep(0.25)
+        except (urllib.error.URLError, OSError):
+            pass
+
+    def rss_peak(self, during, interval: float = 0.05) -> tuple[object, int]:
+        """Run ``during()`` and return its result and the server process's peak resident memory (bytes)
+        meanwhile, sampled from /proc every ``interval`` seconds."""
+        import threading
+
+        status = Path(f"/proc/{self.proc.pid}/status")
+        peak = [0]
+        stop = threading.Event()
+
+        def sample():
+            while not stop.is_set():
+                for line in status.read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        peak[0] = max(peak[0], int(line.split()[1]) * 1024)
+                stop.wait(interval)
+
+        t = threading.Thread(target=sample, daemon=True)
+        t.start()
+        try:
+            result = during()
+        finally:
+            stop.set()
+            t.join()
+        return result, peak[0]
 
     def alive(self) -> bool:
         try:
@@ -111,13 +153,23 @@ class Comfy:
             return False
 
 
-@pytest.fixture(scope="session")
-def comfy(tmp_path_factory) -> Comfy:
+def copies_in_tree(root: Path) -> list[Path]:
+    """Entries of the ComfyUI tree's own custom_nodes/ that are this repository (a link made by
+    ``host.sh start``, or a clone): ComfyUI loads them too, next to the copy the tests link in."""
+    folder = root / "custom_nodes"
+    if not folder.is_dir():
+        return []
+    return [p for p in folder.iterdir() if p.is_dir() and p.resolve() == REPO.resolve()]
+
+
+def start_comfy(work: Path, links: list[str], extra_args: list[str] = ()) -> Comfy:
+    """Start a headless ComfyUI whose extra custom_nodes folder holds this repository under each name
+    in ``links`` (two names = two copies of the pack), with its own folders under ``work``."""
     root, py = comfy_paths()
-    work = tmp_path_factory.mktemp("comfyhost")
     nodes_dir = work / "custom_nodes"
-    nodes_dir.mkdir()
-    (nodes_dir / PACK_NAME).symlink_to(REPO)
+    nodes_dir.mkdir(parents=True)
+    for name in links:
+        (nodes_dir / name).symlink_to(REPO)
     dirs = {k: work / k for k in ("input", "output", "temp", "user", "models")}
     for d in dirs.values():
         d.mkdir()
@@ -132,7 +184,7 @@ def comfy(tmp_path_factory) -> Comfy:
     cmd = [py, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch",
            "--extra-model-paths-config", str(yaml), "--input-directory", str(dirs["input"]),
            "--output-directory", str(dirs["output"]), "--temp-directory", str(dirs["temp"]),
-           "--user-directory", str(dirs["user"]), "--preview-method", "auto"]
+           "--user-directory", str(dirs["user"]), "--preview-method", "auto", *extra_args]
     with open(log, "w") as fh:
         proc = subprocess.Popen(cmd, cwd=root, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     server = Comfy(f"http://127.0.0.1:{port}", dirs, proc, log)
@@ -143,19 +195,34 @@ def comfy(tmp_path_factory) -> Comfy:
             pytest.fail(f"ComfyUI did not start: {log.read_text()[-3000:]}")
         time.sleep(0.5)
     text = log.read_text()
-    if "IMPORT FAILED" in text and PACK_NAME in text.split("IMPORT FAILED")[-1][:300]:
+    if "IMPORT FAILED" in text and any(n in text.split("IMPORT FAILED")[-1][:300] for n in links):
         proc.kill()
         pytest.fail(f"the pack failed to import:\n{text[-4000:]}")
     for f in ASSETS.iterdir():
         server.upload(f)
-    yield server
-    proc.terminate()
+    return server
+
+
+def stop_comfy(server: Comfy) -> None:
+    server.proc.terminate()
     try:
-        proc.wait(20)
+        server.proc.wait(20)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        server.proc.kill()
+
+
+@pytest.fixture(scope="session")
+def comfy(tmp_path_factory) -> Comfy:
+    root, _ = comfy_paths()
+    in_tree = copies_in_tree(root)
+    if in_tree:  # the tree loads the pack already: a second copy here would test two copies, not one
+        print(f"\nnote: {in_tree[0]} is this repository; the host tests use that copy instead of linking another")
+    server = start_comfy(tmp_path_factory.mktemp("comfyhost"), [] if in_tree else [PACK_NAME])
+    server.pack_name = in_tree[0].name if in_tree else PACK_NAME
+    yield server
+    stop_comfy(server)
     if os.environ.get("LETSTALK_KEEP_HOST_LOG"):
-        shutil.copy(log, os.environ["LETSTALK_KEEP_HOST_LOG"])
+        shutil.copy(server.log, os.environ["LETSTALK_KEEP_HOST_LOG"])
 
 
 @pytest.fixture(scope="session")
