@@ -113,7 +113,8 @@ class LetsTalkPasteBack(io.ComfyNode):
             out = host.temp_file("letstalk_paste_back", ".mp4")
             paste_back_video(common.video_source(video), out, image, face_box, feather=feather,
                              should_stop=host.check_interrupt)
-            return io.NodeOutput(torch.zeros((0, face_box.height, face_box.width, 3)), common.video_output(out))
+            return io.NodeOutput(torch.zeros((0, face_box.height, face_box.width, 3)), common.video_output(out),
+                                 ui=common.done_ui("video pasted back"))
         n = frames.shape[0]
         common.check_host_memory(paste_back_bytes(n, face_box.width, face_box.height),
                                  f"{n} frames of {face_box.width}×{face_box.height}")
@@ -123,7 +124,7 @@ class LetsTalkPasteBack(io.ComfyNode):
         for chunk in iter_paste_back(faces, image, face_box, feather=feather):
             out[pos:pos + chunk.shape[0]] = common.core_to_image(chunk)
             pos += chunk.shape[0]
-        return io.NodeOutput(out, None)
+        return io.NodeOutput(out, None, ui=common.done_ui(f"{n} frames pasted back"))
 
 
 NODES = [LetsTalkFaceCrop, LetsTalkPasteBack]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from . import host
+from . import common, host
 from .types import LoadedDCAE, LoadedModel, LoadedSpeech, socket_types
 
 Model, DCAE, Speech, _, _ = socket_types()
@@ -72,7 +72,7 @@ class LetsTalkModelLoader(io.ComfyNode):
         dcae, speech = _bundled(config, groups, ckpt_name)
         loaded = LoadedModel(ckpt_name, config, transformer, host.patcher_for(transformer), dtype, dcae, speech,
                              {k: v for k, v in meta.items() if k != "letstalk_config"})
-        return io.NodeOutput(loaded, dcae, speech)
+        return io.NodeOutput(loaded, dcae, speech, ui=common.done_ui(f"loaded {ckpt_name}"))
 
 
 class LetsTalkDCAELoader(io.ComfyNode):

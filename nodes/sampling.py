@@ -105,7 +105,8 @@ class LetsTalkSampler(io.ComfyNode):
         prepared.portrait_latent = prepared.portrait_latent.to(dev)
         out = gen.sample_clip(prepared, clip, bank, settings, on_step=progress.step)
         progress.finish()
-        return io.NodeOutput({"samples": out[:, :, :clip.frames].float().cpu()})
+        return io.NodeOutput({"samples": out[:, :, :clip.frames].float().cpu()},
+                             ui=common.done_ui(f"clip {clip.index + 1} of {clip.total}"))
 
 
 class LetsTalkMemoryBankLoop(io.ComfyNode):
@@ -228,7 +229,7 @@ class LetsTalkMemoryBankLoop(io.ComfyNode):
             raise
         video = sink.finish()
         progress.finish()
-        return io.NodeOutput(images, covered, fps, video)
+        return io.NodeOutput(images, covered, fps, video, ui=common.done_ui(f"{n} frames, {len(plan)} clips"))
 
 
 class _FrameSink:

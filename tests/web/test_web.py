@@ -36,6 +36,50 @@ def test_converter_matches_the_frontend(comfy, object_info, browser_ready):
             assert strip(ours) == strip(front), path.stem
 
 
+# Zoom the canvas to ``zoom`` around the loop node and measure its panel: every line of text must lie
+# inside the panel's box (nothing spills over the preview image drawn below the widgets), and the panel
+# inside the node.
+FIT_JS = """async (zoom) => {
+    const n = window.app.graph._nodes.find(n => n.type === 'LetsTalkMemoryBankLoop');
+    const ds = window.app.canvas.ds;
+    ds.scale = zoom;
+    ds.offset[0] = -n.pos[0] + 40 / zoom;
+    ds.offset[1] = -n.pos[1] + 60 / zoom;
+    window.app.canvas.setDirty(true, true);
+    window.app.canvas.draw(true, true);
+    await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
+    await new Promise(r => setTimeout(r, 300));
+    const box = n.letstalk.el.getBoundingClientRect();
+    const lines = [n.letstalk.planEl, n.letstalk.runEl].map(e => e.getBoundingClientRect());
+    const bottom = Math.max(...lines.map(r => r.bottom));
+    const nodeBottom = (n.pos[1] + n.size[1] + ds.offset[1]) * ds.scale
+        + window.app.canvas.canvas.getBoundingClientRect().top;
+    return {fits: bottom <= box.bottom + 1 && n.letstalk.el.scrollHeight <= n.letstalk.el.clientHeight + 1,
+            inside: box.bottom <= nodeBottom + 2, box: [box.top, box.bottom], text_bottom: bottom,
+            node_bottom: nodeBottom};
+}"""
+
+
+def test_extension_registers_once_and_clamps_overlap(comfy, browser_ready):
+    """web/ is served twice when the pack's folder name differs from its project name (here 'letstalk' vs
+    'letstalk-talking-portrait'); the extension must register once. The overlap widget's range is the
+    connected model's maximum ((16 - 1) // 2 = 7 for the demo model)."""
+    with comfy_page(comfy.base) as page:
+        messages = []
+        page.on("console", lambda m: messages.append(m.text))
+        page.reload(wait_until="domcontentloaded")
+        page.wait_for_function("() => window.app && window.app.graph && window.app.graph._nodes !== undefined",
+                               timeout=60000)
+        page.wait_for_timeout(1500)
+        count = page.evaluate("() => (window.app.extensions || []).filter(e => e.name === 'letstalk.memoryBankLoop').length")
+        assert count == 1, count
+        assert not [m for m in messages if "already registered" in m], messages
+        page.evaluate("async (ui) => { await window.app.loadGraphData(ui); }", json.loads(LONG.read_text()))
+        page.wait_for_function("""() => { const n = window.app.graph._nodes.find(n => n.type === 'LetsTalkMemoryBankLoop');
+                                   return n && n.widgets.find(w => w.name === 'overlap').options.max === 7; }""",
+                               timeout=30000)
+
+
 def test_plan_and_progress_display(comfy, browser_ready):
     samples, rate = audio_samples(ASSETS / "letstalk_demo_speech.flac")
     frames = math.ceil(samples * 25 / rate)
@@ -59,6 +103,10 @@ def test_plan_and_progress_display(comfy, browser_ready):
                                    return /clip ([2-9]|\\d\\d+) of/.test(n.letstalk.runEl.textContent); }""", timeout=300000)
         running = panel_text(page, "runEl")
         page.screenshot(path=str(SHOTS / "letstalk_progress.png"))
+        for zoom in (1.0, 1.6):  # mid-run, the text sits in its own box at both zooms
+            fit = page.evaluate(FIT_JS, zoom)
+            page.screenshot(path=str(SHOTS / f"letstalk_progress_zoom{int(zoom * 100)}.png"))
+            assert fit["inside"] and fit["fits"], (zoom, fit)
         m = re.match(r"clip (\d+) of (\d+)(?: · step 1/1)? · memory: frames (\d+)–(\d+)", running)
         assert m, running
         k, n, a, b = map(int, m.groups())
