@@ -10,6 +10,7 @@ const LOOP = "LetsTalkMemoryBankLoop";
 const EXTENSION = "letstalk.memoryBankLoop";
 const POLL_MS = 1000;
 const LINE_PX = 16; // 12 px monospace, line-height 16 px
+const WIDGET_MARGIN = 10; // the frontend's DOM-widget margin (each side)
 
 function upstream(node, inputName) {
   const input = node.inputs?.find((i) => i.name === inputName);
@@ -39,15 +40,24 @@ function formatPlan(p) {
     (p.memory_frames ? ` · memory ${p.memory_frames} frames` : "");
 }
 
-// The panel's height: the wrapped text's own height, so the text never spills over the preview image
-// ComfyUI draws below the widgets.
-function panelHeight(state) {
-  const el = state.el;
-  const lines = (state.planEl.textContent ? 1 : 0) + (state.runEl.textContent ? 1 : 0);
-  // Before the panel is laid out, reserve two wrapped rows per line of text.
-  const content = el.isConnected && el.clientWidth > 0
-    ? state.planEl.offsetHeight + state.runEl.offsetHeight + 10 : lines * LINE_PX * 2 + 10;
-  return Math.max(content, 2 * LINE_PX + 10);
+// The panel's height: its text's own height once wrapped at the node's width, measured on an off-screen
+// copy (the panel itself is scaled with the canvas and clipped to its box), so the text never spills
+// over the preview image ComfyUI draws below the widgets.
+const PANEL_CSS = `font: 12px/${LINE_PX}px monospace; padding: 4px 6px; white-space: pre-wrap;` +
+  "overflow-wrap: anywhere; box-sizing: border-box;";
+let measurer = null;
+
+function panelHeight(state, node) {
+  if (!measurer) {
+    measurer = document.createElement("div");
+    measurer.style.cssText = PANEL_CSS + "position: absolute; visibility: hidden; left: -10000px; top: 0;";
+    document.body.append(measurer);
+  }
+  const width = Math.max(60, (node?.size?.[0] ?? 300) - 2 * WIDGET_MARGIN);
+  measurer.style.width = `${width}px`;
+  measurer.textContent = [state.planEl.textContent, state.runEl.textContent].filter(Boolean).join("\n");
+  // The frontend draws a DOM widget its computed height minus a margin above and below.
+  return Math.max(measurer.offsetHeight, 2 * LINE_PX + 8) + 2 * WIDGET_MARGIN + 2;
 }
 
 // Grow the node when the panel needs more room (never shrink what the user sized).
@@ -56,6 +66,7 @@ function fitNode(node) {
   if (!state) return;
   const need = node.computeSize?.();
   if (need && node.size && need[1] > node.size[1]) node.setSize([node.size[0], need[1]]);
+  node.arrange?.(); // lay the widgets out again now: the panel's height changed with its text
   node.setDirtyCanvas?.(true, true);
 }
 
@@ -70,8 +81,7 @@ function ensurePanel(node) {
   if (node.letstalk) return node.letstalk;
   const el = document.createElement("div");
   el.className = "letstalk-panel";
-  el.style.cssText = `font: 12px/${LINE_PX}px monospace; color: var(--input-text, #ddd); padding: 4px 6px;` +
-    "white-space: pre-wrap; overflow-wrap: anywhere; overflow: hidden; box-sizing: border-box;" +
+  el.style.cssText = PANEL_CSS + "color: var(--input-text, #ddd); overflow: hidden;" +
     "background: rgba(0,0,0,0.25); border-radius: 4px;";
   const planEl = document.createElement("div");
   planEl.className = "letstalk-plan";
@@ -85,8 +95,8 @@ function ensurePanel(node) {
   if (node.addDOMWidget) {
     node.addDOMWidget("letstalk_plan", "letstalk-plan", el, {
       serialize: false,
-      getMinHeight: () => panelHeight(state),
-      getMaxHeight: () => panelHeight(state),
+      getMinHeight: () => panelHeight(state, node),
+      getMaxHeight: () => panelHeight(state, node),
     });
   }
   return state;
