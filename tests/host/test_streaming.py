@@ -196,6 +196,9 @@ def _short_loop(server, object_info, tmp_path, seed: int) -> dict:
     name = server.upload(tmp_path / "speech_2.wav", "letstalk_speech_2s.wav")
     api = _video_graph(object_info, name, "letstalk-demo.safetensors", "letstalk/previews")
     node_of(api, "LetsTalkMemoryBankLoop")["inputs"].update(steps=2, seed=seed)
+    # through the IMAGE output and Create Video: the graph every version of the pack runs
+    api["6"] = {"class_type": "CreateVideo", "inputs": {"images": ["4", 0], "audio": ["4", 1], "fps": ["4", 2]}}
+    api["5"]["inputs"]["video"] = ["6", 0]
     return api
 
 
