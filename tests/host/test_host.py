@@ -362,3 +362,17 @@ def test_native_audio_encoder_equals_the_packs_speech_encoder_loader(comfy, tmp_
     moved = np.abs(frames["letstalk/w2v_other"] - frames["letstalk/w2v_pack"]).max()
     print(f"native vs pack loader: max {diff} levels; other weights: max {moved} levels")
     assert moved > 4
+
+
+def test_a_prompt_that_times_out_is_cancelled(comfy, object_info):
+    """Comfy.wait gives up after its timeout and takes the prompt off the server, so one slow test
+    does not block the ones after it."""
+    api = load_api("letstalk_long_video", object_info)
+    node_of(api, "LetsTalkMemoryBankLoop")["inputs"].update(steps=40, seed=2468)
+    pid = comfy.queue(api)
+    with pytest.raises(AssertionError, match="cancelled"):
+        comfy.wait(pid, timeout=3)
+    queue = comfy.get("/queue")
+    assert not queue["queue_running"] and not queue["queue_pending"], queue
+    entry = comfy.get(f"/history/{pid}").get(pid)
+    assert entry is None or entry["status"]["status_str"] != "success"

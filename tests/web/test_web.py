@@ -103,6 +103,9 @@ def test_plan_and_progress_display(comfy, browser_ready):
                                    return /clip ([2-9]|\\d\\d+) of/.test(n.letstalk.runEl.textContent); }""", timeout=300000)
         running = panel_text(page, "runEl")
         page.screenshot(path=str(SHOTS / "letstalk_progress.png"))
+        # ComfyUI's queue "Total" counts finished nodes: the model loader (done) must count while the loop runs
+        total = page.evaluate("() => (document.body.innerText.match(/Total:\\s*(\\d+)\\s*%/) || [])[1]")
+        assert total is not None and int(total) > 0, total
         for zoom in (1.0, 1.6):  # mid-run, the text sits in its own box at both zooms
             fit = page.evaluate(FIT_JS, zoom)
             page.screenshot(path=str(SHOTS / f"letstalk_progress_zoom{int(zoom * 100)}.png"))
