@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..layers.attention import Attention
+from ..layers.resnet import ResnetBlock, Upsample
 from ..validation import check_state_dict as check_tensors, require_finite, require_positive, require_tensor
 
 # ------------------------------------------------------------------------------------------------ config
@@ -222,37 +224,9 @@ def _is_int(value: Any) -> bool:
 
 # ------------------------------------------------------------------------------------------------ network
 
-_BF16_NEAREST_NEEDS_FP32 = torch.__version__ < "2.1"  # upsample_nearest2d lacks bf16 before torch 2.1
-
-
-def upsample_nearest_2x(x: torch.Tensor) -> torch.Tensor:
-    """Nearest-neighbour ×2 as diffusers' ``Upsample2D``: bf16 goes through fp32 on torch < 2.1 (pytorch#86679),
-    and large or big-batch channels-last inputs are made contiguous first (diffusers#984, pytorch#141831)."""
-    dtype = x.dtype
-    if dtype == torch.bfloat16 and _BF16_NEAREST_NEEDS_FP32:
-        x = x.float()
-    if x.shape[0] >= 64 or x.numel() * 2 > 2**31:
-        x = x.contiguous()
-    return F.interpolate(x, scale_factor=2.0, mode="nearest").to(dtype)
-
-
-class ResnetBlock2D(nn.Module):
-    """``shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x))))))``; GroupNorm eps 1e-6, a 1×1
-    ``conv_shortcut`` when the width changes, output scale 1 (diffusers ``ResnetBlock2D``, no time embedding)."""
-
-    def __init__(self, c_in: int, c_out: int, groups: int) -> None:
-        super().__init__()
-        self.norm1 = nn.GroupNorm(groups, c_in, eps=1e-6)
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, 1, 1)
-        self.norm2 = nn.GroupNorm(groups, c_out, eps=1e-6)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1)
-        self.nonlinearity = nn.SiLU()
-        self.conv_shortcut = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(self.nonlinearity(self.norm1(x)))
-        h = self.conv2(self.nonlinearity(self.norm2(h)))
-        return (x if self.conv_shortcut is None else self.conv_shortcut(x)) + h
+def vae_resnet(c_in: int, c_out: int, groups: int) -> ResnetBlock:
+    """diffusers ``ResnetBlock2D`` as the VAE builds it: no time embedding, GroupNorm eps 1e-6, output scale 1."""
+    return ResnetBlock(c_in, c_out, None, groups=groups, eps=1e-6)
 
 
 class Downsample2D(nn.Module):
@@ -267,37 +241,19 @@ class Downsample2D(nn.Module):
         return self.conv(F.pad(x, (0, 1, 0, 1), mode="constant", value=0.0))
 
 
-class Upsample2D(nn.Module):
-    """Nearest ×2 then a 3×3 conv (diffusers ``Upsample2D(use_conv=True)``)."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, 1, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(upsample_nearest_2x(x))
-
-
-class Attention(nn.Module):
+class MidAttention(Attention):
     """Single-head self-attention over the ``H·W`` positions with a GroupNorm in front (eps 1e-6), biases on
-    all projections, a residual connection and rescale 1 (diffusers ``Attention`` as built by
-    ``UNetMidBlock2D`` with ``attention_head_dim = C``; computed with SDPA, scale ``1/sqrt(C)``)."""
+    all projections and a residual connection (diffusers ``Attention`` as built by ``UNetMidBlock2D`` with
+    ``attention_head_dim = C``): the shared SDPA layer with one head of width ``C``."""
 
     def __init__(self, channels: int, groups: int) -> None:
-        super().__init__()
+        super().__init__(channels, heads=1, dim_head=channels, bias=True)
         self.group_norm = nn.GroupNorm(groups, channels, eps=1e-6)
-        self.to_q = nn.Linear(channels, channels)
-        self.to_k = nn.Linear(channels, channels)
-        self.to_v = nn.Linear(channels, channels)
-        self.to_out = nn.ModuleList([nn.Linear(channels, channels)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         tokens = self.group_norm(x).reshape(b, c, h * w).transpose(1, 2)  # [B, HW, C]
-        q, k, v = (proj(tokens).unsqueeze(1) for proj in (self.to_q, self.to_k, self.to_v))
-        out = F.scaled_dot_product_attention(q, k, v).squeeze(1)
-        out = self.to_out[0](out).transpose(1, 2).reshape(b, c, h, w)
-        return out + x
+        return super().forward(tokens).transpose(1, 2).reshape(b, c, h, w) + x
 
 
 class DownEncoderBlock2D(nn.Module):
@@ -305,7 +261,7 @@ class DownEncoderBlock2D(nn.Module):
 
     def __init__(self, c_in: int, c_out: int, layers: int, groups: int, downsample: bool) -> None:
         super().__init__()
-        self.resnets = nn.ModuleList(ResnetBlock2D(c_in if i == 0 else c_out, c_out, groups) for i in range(layers))
+        self.resnets = nn.ModuleList(vae_resnet(c_in if i == 0 else c_out, c_out, groups) for i in range(layers))
         self.downsamplers = nn.ModuleList([Downsample2D(c_out)]) if downsample else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -319,8 +275,8 @@ class UpDecoderBlock2D(nn.Module):
 
     def __init__(self, c_in: int, c_out: int, layers: int, groups: int, upsample: bool) -> None:
         super().__init__()
-        self.resnets = nn.ModuleList(ResnetBlock2D(c_in if i == 0 else c_out, c_out, groups) for i in range(layers))
-        self.upsamplers = nn.ModuleList([Upsample2D(c_out)]) if upsample else None
+        self.resnets = nn.ModuleList(vae_resnet(c_in if i == 0 else c_out, c_out, groups) for i in range(layers))
+        self.upsamplers = nn.ModuleList([Upsample(c_out)]) if upsample else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for resnet in self.resnets:
@@ -333,8 +289,8 @@ class UNetMidBlock2D(nn.Module):
 
     def __init__(self, channels: int, groups: int, attention: bool) -> None:
         super().__init__()
-        self.resnets = nn.ModuleList([ResnetBlock2D(channels, channels, groups) for _ in range(2)])
-        self.attentions = nn.ModuleList([Attention(channels, groups)] if attention else [])
+        self.resnets = nn.ModuleList([vae_resnet(channels, channels, groups) for _ in range(2)])
+        self.attentions = nn.ModuleList([MidAttention(channels, groups)] if attention else [])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.resnets[0](x)

@@ -8,10 +8,10 @@
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
+
+from ..layers.embeddings import timestep_embedding
 
 
 def sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
@@ -34,11 +34,9 @@ def sincos_2d(dim: int, height: int, width: int) -> torch.Tensor:
 
 
 def timestep_sinusoid(t: torch.Tensor, dim: int = 256, max_period: float = 10000.0) -> torch.Tensor:
-    """DiT ``TimestepEmbedder.timestep_embedding``: ``[cos(t·f), sin(t·f)]``, f_i = max_period^(−i/half)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    args = t.float()[:, None] * freqs[None]
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    """DiT ``TimestepEmbedder.timestep_embedding``: ``[cos(t·f), sin(t·f)]``, f_i = max_period^(−i/half) —
+    diffusers' timestep embedding with ``flip_sin_to_cos`` and no frequency shift."""
+    return timestep_embedding(t, dim, flip_sin_to_cos=True, freq_shift=0.0, max_period=max_period)
 
 
 class TimestepEmbedder(nn.Module):

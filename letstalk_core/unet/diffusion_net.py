@@ -22,13 +22,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..layers.embeddings import TimestepEmbedding
+from ..layers.resnet import Downsample, ResnetBlock, Upsample, group_norm
 from ..memory.linear_state import LinearAttentionMemory, fold
 from ..validation import require_tensor
 from .audio_module import AudioModule
 from .config import UNetConfig
 from .reference_net import (ReferenceFeatures, _Block, down_resnet_channels, time_embedding, up_channels,
                             up_resnet_channels)
-from .resnet import Downsample, ResnetBlock, Upsample, group_norm
 from .spatial import SpatialTransformer3D, tile_context
 from .temporal import MemoryTemporalModule
 

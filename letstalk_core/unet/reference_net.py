@@ -19,9 +19,9 @@ import torch
 import torch.nn as nn
 
 from ..layers.embeddings import TimestepEmbedding, timestep_embedding
+from ..layers.resnet import Downsample, ResnetBlock, Upsample
 from ..validation import require_tensor
 from .config import UNetConfig
-from .resnet import Downsample, ResnetBlock, Upsample
 from .spatial import SpatialTransformer
 
 ReferenceFeatures = dict[str, torch.Tensor]

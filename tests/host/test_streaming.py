@@ -18,7 +18,6 @@ import math
 import time
 import uuid
 
-import pytest
 
 from tests.host.conftest import ASSETS, start_comfy, stop_comfy
 from tests.host.test_host import audio_samples, load_api, node_of, outputs_of, probe_mp4
@@ -53,7 +52,6 @@ def _tiny_512_checkpoint(path) -> None:
 
 def _speech_wav(path, seconds: float) -> int:
     """The demo speech repeated to ``seconds`` (16 kHz mono wav); returns its sample count."""
-    import numpy as np
 
     from letstalk_core.io.audio_file import load_audio, save_wav
     from letstalk_core.audio.waveform import resample
