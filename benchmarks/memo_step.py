@@ -13,9 +13,10 @@ Peak memory is the resident set's peak above the level before the first step (we
 excluded), sampled every 5 ms. The reference needs xFormers; ``scripts/memo_reference.py`` stands in an
 exact softmax kernel (torch SDPA) for it, so its attention is as fast as ours.
 
-    /tmp/memo-ref/bin/python benchmarks/memo_step.py --memo /tmp/memo --python-ours .venv/bin/python
+    <reference venv>/bin/python benchmarks/memo_step.py --memo <memo checkout> --python-ours .venv/bin/python
 
-(the script runs in the reference's venv; ``--python-ours`` is the interpreter with ``letstalk_core``).
+(the script runs in the reference's venv, set up as ``scripts/memo_reference.py`` says; ``--python-ours`` is
+the interpreter with ``letstalk_core``). The weights (6.7 GB) and inputs go to ``outputs/memo_bench/``.
 """
 from __future__ import annotations
 
@@ -184,7 +185,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--memo", help="checkout of github.com/memoavatar/memo (reference side)")
     ap.add_argument("--python-ours", default=str(ROOT / ".venv" / "bin" / "python"))
-    ap.add_argument("--work", default="/tmp/memo_bench")
+    ap.add_argument("--work", default=str(ROOT / "outputs" / "memo_bench"))
     ap.add_argument("--size", type=int, default=256, help="frame side in pixels (latents are /8)")
     ap.add_argument("--side", choices=["both", "reference", "ours"], default="both")
     args = ap.parse_args()

@@ -51,10 +51,8 @@ def cmd_generate(a) -> int:
     from .diffusion.guidance import GuidanceScales
     from .io.audio_file import load_audio
     from .io.image import load_image
-    from .io.video import VideoWriter
     from .loading import load_generator
-    from .eval.report import OVERLAP_TAG
-    from .pipeline import RECOMMENDED_MEMORY_ANCHOR, GenerationSettings, recommended_overlap
+    from .pipeline import RECOMMENDED_MEMORY_ANCHOR, GenerationSettings, open_video, recommended_overlap
     from .resume import ClipStore
     from .validation import require_file
 
@@ -86,9 +84,8 @@ def cmd_generate(a) -> int:
         bar.set_description(f"clip {info.clip + 1}/{info.clips} (memory {info.memory_frames} frames)")
         bar.update(1)
 
-    with VideoWriter(out, gen.config.video.fps, audio=waveform, audio_rate=rate, crf=a.crf,
-                     metadata={"comment": f"LetsTalk {Path(a.checkpoint).name} seed={a.seed}",
-                               OVERLAP_TAG: str(settings.overlap)}) as writer:
+    with open_video(out, gen.config.video.fps, waveform, rate, settings.overlap, crf=a.crf,
+                    metadata={"comment": f"LetsTalk {Path(a.checkpoint).name} seed={a.seed}"}) as writer:
         if store:
             for frames in store.stored_clips(done):
                 writer.write(frames)

@@ -143,7 +143,7 @@ def paste_back_video(source, destination, image: torch.Tensor, box: FaceBox, *, 
     from .io.audio_file import load_audio
     from .io.video import VideoWriter, iter_video_chunks, probe_video
 
-    info = probe_video(source)
+    info = probe_video(source, decode=False)  # the frames are decoded once, below
     audio = load_audio(source) if info.has_audio else (None, None)
     out = Path(destination)
     written = 0

@@ -436,18 +436,26 @@ class LetsTalkGenerator:
         return prepared
 
 
+def open_video(path, fps, waveform, sample_rate: int, overlap: int, *, metadata: dict[str, str] | None = None,
+               **writer_options):
+    """A streaming mp4 writer with the sound, tagged with the overlap (``letstalk eval`` reads the tag to
+    find the seams): what the CLI, :func:`write_video` and the ComfyUI loop all write through."""
+    from .eval.report import OVERLAP_TAG
+    from .io.video import VideoWriter
+
+    return VideoWriter(path, fps, audio=waveform, audio_rate=sample_rate,
+                       metadata={**(metadata or {}), OVERLAP_TAG: str(overlap)}, **writer_options)
+
+
 def write_video(generator: LetsTalkGenerator, image: torch.Tensor, waveform, sample_rate: int, path,
                 settings: GenerationSettings = GenerationSettings(), *, on_clip: Callable[[ClipPlan], None] | None = None,
                 metadata: dict[str, str] | None = None) -> PreparedInputs:
     """Generate straight into an mp4 with the input's sound (streamed: clips are decoded and encoded
     as they finish). ``on_clip`` is called after each clip (progress). The file is tagged with the
     overlap, so ``letstalk eval`` finds the seams where they are."""
-    from .eval.report import OVERLAP_TAG
-    from .io.video import VideoWriter
-
     prepared = generator.prepare(image, waveform, sample_rate)
-    tags = {**(metadata or {}), OVERLAP_TAG: str(settings.overlap)}
-    with VideoWriter(path, generator.config.video.fps, audio=waveform, audio_rate=sample_rate, metadata=tags) as writer:
+    with open_video(path, generator.config.video.fps, waveform, sample_rate, settings.overlap,
+                    metadata=metadata) as writer:
         for clip, latents, _ in generator.iter_clips(prepared, settings):
             for frames in generator.decode_clip(latents, clip, settings.decode_chunk):
                 writer.write(frames)

@@ -241,12 +241,11 @@ class _FrameSink:
         self.writer = self.path = None
 
     def open_video(self, path) -> None:
-        from ..letstalk_core.eval.report import OVERLAP_TAG
-        from ..letstalk_core.io.video import VideoWriter
+        from ..letstalk_core.pipeline import open_video
 
         self.path = path
-        self.writer = VideoWriter(path, self.fps, audio=self.covered["waveform"][0],
-                                  audio_rate=int(self.covered["sample_rate"]), metadata={OVERLAP_TAG: str(self.overlap)})
+        self.writer = open_video(path, self.fps, self.covered["waveform"][0], int(self.covered["sample_rate"]),
+                                 self.overlap)
 
     def write(self, start: int, frames) -> None:
         """Frames ``[k, 3, H, W]`` in [-1, 1] for video positions ``start … start + k - 1`` (in order)."""

@@ -17,8 +17,8 @@ inputs, and what the reference code computes from them:
 
 How (the reference needs diffusers 0.31; see ``scripts/memo_reference.py`` for the venv)::
 
-    git clone https://github.com/memoavatar/memo /tmp/memo          # tested at a5aee30
-    /tmp/memo-ref/bin/python scripts/make_memo_fixtures.py --memo /tmp/memo
+    git clone https://github.com/memoavatar/memo <memo checkout>     # tested at a5aee30
+    <reference venv>/bin/python scripts/make_memo_fixtures.py --memo <memo checkout>
 
 Deterministic for a given torch build (seed 0). ``tests/core/test_memo_golden.py`` holds ours to it.
 """

@@ -18,11 +18,11 @@ seconds and no memory. Nothing here runs in CI; ``tests/`` only reads the files 
 
 Set-up (a virtual environment with what the reference pins, and a checkout of the reference)::
 
-    python3 -m venv /tmp/memo-ref && /tmp/memo-ref/bin/pip install torch==2.13.0 diffusers==0.31.0 \\
+    python3 -m venv <reference venv> && <reference venv>/bin/pip install torch==2.13.0 diffusers==0.31.0 \\
         transformers==4.46.3 einops==0.8.0 safetensors numpy==1.26.4 accelerate==1.1.1 huggingface-hub==0.26.2
-    git clone https://github.com/memoavatar/memo /tmp/memo      # tested at a5aee30
+    git clone https://github.com/memoavatar/memo <memo checkout>      # tested at a5aee30
 
-    /tmp/memo-ref/bin/python scripts/make_memo_manifest.py --memo /tmp/memo --out tests/fixtures/memo
+    <reference venv>/bin/python scripts/make_memo_manifest.py --memo <memo checkout> --out tests/fixtures/memo
 
 (``torch`` may be the CPU wheel: ``--index-url https://download.pytorch.org/whl/cpu``.) The reference
 imports ``xformers`` at module level; ``scripts/memo_reference.py`` puts a stand-in in its place.

@@ -4,9 +4,9 @@ Nothing here runs in CI or at run time: only ``scripts/make_memo_fixtures.py`` a
 ``scripts/make_memo_manifest.py`` use it, in a separate virtual environment that has what the
 reference pins (``diffusers==0.31.0``, ``transformers==4.46.3``, ``einops``) and a checkout of it:
 
-    python3 -m venv /tmp/memo-ref && /tmp/memo-ref/bin/pip install torch==2.13.0 diffusers==0.31.0 \
+    python3 -m venv <reference venv> && <reference venv>/bin/pip install torch==2.13.0 diffusers==0.31.0 \
         transformers==4.46.3 einops==0.8.0 safetensors numpy==1.26.4 accelerate==1.1.1 huggingface-hub==0.26.2
-    git clone https://github.com/memoavatar/memo /tmp/memo      # tested at a5aee30
+    git clone https://github.com/memoavatar/memo <memo checkout>      # tested at a5aee30
 
 The reference imports ``xformers`` at module level (``memo/models/motion_module.py``) and its
 inference enables xFormers attention unconditionally (``inference.py``), so it cannot even be imported

@@ -48,16 +48,21 @@ const PANEL_CSS = `font: 12px/${LINE_PX}px monospace; padding: 4px 6px; white-sp
 let measurer = null;
 
 function panelHeight(state, node) {
+  // The frontend asks at every layout: measure only when the text or the node's width changed.
+  const width = Math.max(60, (node?.size?.[0] ?? 300) - 2 * WIDGET_MARGIN);
+  const key = `${width}|${state.planEl.textContent}|${state.runEl.textContent}`;
+  if (state.heightKey === key) return state.height;
   if (!measurer) {
     measurer = document.createElement("div");
     measurer.style.cssText = PANEL_CSS + "position: absolute; visibility: hidden; left: -10000px; top: 0;";
     document.body.append(measurer);
   }
-  const width = Math.max(60, (node?.size?.[0] ?? 300) - 2 * WIDGET_MARGIN);
   measurer.style.width = `${width}px`;
   measurer.textContent = [state.planEl.textContent, state.runEl.textContent].filter(Boolean).join("\n");
   // The frontend draws a DOM widget its computed height minus a margin above and below.
-  return Math.max(measurer.offsetHeight, 2 * LINE_PX + 8) + 2 * WIDGET_MARGIN + 2;
+  state.heightKey = key;
+  state.height = Math.max(measurer.offsetHeight, 2 * LINE_PX + 8) + 2 * WIDGET_MARGIN + 2;
+  return state.height;
 }
 
 // Grow the node when the panel needs more room (never shrink what the user sized).

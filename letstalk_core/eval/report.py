@@ -294,7 +294,7 @@ def _video_overlap(video, given: int | None) -> int:
         return given
     from ..io.video import probe_video
 
-    tag = probe_video(video).metadata.get(OVERLAP_TAG, "0")
+    tag = probe_video(video, decode=False).metadata.get(OVERLAP_TAG, "0")  # the header is enough
     try:
         return int(tag)
     except ValueError:

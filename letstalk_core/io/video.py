@@ -282,8 +282,11 @@ class VideoInfo:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
-def probe_video(path) -> VideoInfo:
-    """Measure a video file: exact frame count (decoded), fps, size and its audio (decoded samples / rate)."""
+def probe_video(path, *, decode: bool = True) -> VideoInfo:
+    """Measure a video file: exact frame count (decoded), fps, size and its audio (decoded samples / rate).
+
+    ``decode=False`` reads the container's header only (fps, size, tags, whether there is sound): the
+    frame count is then what the container declares and the audio fields stay unset."""
     from .audio_file import load_audio
 
     p = require_file(path, "Video file")
@@ -292,11 +295,11 @@ def probe_video(path) -> VideoInfo:
             raise ValueError(f"'{p}' has no video stream.")
         stream = container.streams.video[0]
         fps = Fraction(stream.average_rate or stream.guessed_rate or 0)
-        count = sum(1 for _ in container.decode(stream))
+        count = sum(1 for _ in container.decode(stream)) if decode else int(stream.frames or 0)
         info = dict(frame_count=count, fps=fps, width=stream.codec_context.width,
                     height=stream.codec_context.height, codec=stream.codec_context.name,
                     metadata=dict(container.metadata), has_audio=bool(container.streams.audio))
-    if info["has_audio"]:
+    if info["has_audio"] and decode:
         waveform, rate = load_audio(p)
         info.update(audio_seconds=waveform.shape[1] / rate, audio_rate=rate, audio_channels=waveform.shape[0])
     return VideoInfo(**info)

@@ -27,7 +27,7 @@ from ..memory.linear_state import LinearAttentionMemory, fold
 from ..validation import require_tensor
 from .audio_module import AudioModule
 from .config import UNetConfig
-from .reference_net import (ReferenceFeatures, _Block, down_resnet_channels, time_embedding, up_channels,
+from .reference_net import (ReferenceFeatures, UNetBlock, down_resnet_channels, time_embedding, up_channels,
                             up_resnet_channels)
 from .spatial import SpatialTransformer3D, tile_context
 from .temporal import MemoryTemporalModule
@@ -38,8 +38,9 @@ def split_reference_features(features: ReferenceFeatures, videos: int
     """Reference-Net features of ``videos × (1 + P)`` images (per video: the reference image, then its
     ``P`` past frames, oldest first) → ``(reference tokens {layer: [videos, L, C]}, past features
     {layer: [videos·P, C, h, w] or [videos·P, C, L, 1]}, P)``. Only attention layers have reference tokens."""
+    if not features:
+        raise ValueError("No Reference-Net features were given.")
     ref_tokens, past = {}, {}
-    per = None
     for key, f in features.items():
         if f.shape[0] % videos:
             raise ValueError(f"Reference features '{key}' hold {f.shape[0]} images, not a multiple of {videos} videos.")
@@ -52,7 +53,7 @@ def split_reference_features(features: ReferenceFeatures, videos: int
             past[key] = g[:, 1:].reshape(videos * (per - 1), f.shape[1], f.shape[2]).transpose(1, 2)[..., None]
         else:
             past[key] = g[:, 1:].reshape(videos * (per - 1), *f.shape[1:])
-    return ref_tokens, past, (per or 1) - 1
+    return ref_tokens, past, per - 1
 
 
 class DiffusionNet(nn.Module):
@@ -79,7 +80,7 @@ class DiffusionNet(nn.Module):
         self.time_embedding = TimestepEmbedding(boc[0], temb)
         self.down_blocks = nn.ModuleList()
         for i in range(n):
-            block = _Block()
+            block = UNetBlock()
             block.audio_modules, block.motion_modules = nn.ModuleList(), nn.ModuleList()
             for j in range(c.layers_per_block):
                 cin, out = down_resnet_channels(c, i, j)
@@ -92,7 +93,7 @@ class DiffusionNet(nn.Module):
             if i < n - 1:
                 block.downsamplers = nn.ModuleList([Downsample(boc[i])])
             self.down_blocks.append(block)
-        self.mid_block = _Block()
+        self.mid_block = UNetBlock()
         self.mid_block.audio_modules, self.mid_block.motion_modules = nn.ModuleList(), nn.ModuleList()
         for _ in range(2):
             self.mid_block.resnets.append(ResnetBlock(boc[-1], boc[-1], temb, groups=g, eps=eps))
@@ -101,7 +102,7 @@ class DiffusionNet(nn.Module):
         self.mid_block.motion_modules.append(motion(boc[-1]))
         self.up_blocks = nn.ModuleList()
         for i in range(n):
-            block = _Block()
+            block = UNetBlock()
             block.audio_modules, block.motion_modules = nn.ModuleList(), nn.ModuleList()
             _, out, inp = up_channels(c, i)
             for j in range(c.layers_per_block + 1):
@@ -148,8 +149,7 @@ class DiffusionNet(nn.Module):
                 raise ValueError(f"The past-frame features lack layer '{key}': they must come from this model's "
                                  "Reference Net.")
             for name, past in module.past_contributions(past_features[key].to(dtype), frames).items():
-                old = None if memory.empty or name not in memory.layers else memory.layers[name]
-                memory.put(name, *fold(old, past, frames, memory.decay))
+                memory.put(name, *fold(memory.layers.get(name), past, frames, memory.decay))
         memory.clips += 1
 
     # -- denoising ------------------------------------------------------------------------------

@@ -112,16 +112,6 @@ class Part:
         return self.folder / WEIGHTS
 
     @property
-    def parameters(self) -> int:
-        n = 0
-        for shape, _ in self.header.values():
-            c = 1
-            for s in shape:
-                c *= s
-            n += c
-        return n
-
-    @property
     def file_dtype(self) -> str:
         dts = {d for _, d in self.header.values()}
         return "/".join(sorted(dts))
@@ -205,7 +195,8 @@ def _refuse_not_a_folder(p: Path) -> None:
                 from safetensors import safe_open
                 with safe_open(str(p), framework="pt") as f:
                     meta = f.metadata() or {}
-                if "letstalk_config" in meta or any("letstalk" in k for k in meta):
+                from ..checkpoint import CONFIG_KEY
+                if CONFIG_KEY in meta:
                     kind = "a LetsTalk checkpoint (load it with the LetsTalk model loader, or `letstalk generate "\
                            "--checkpoint` as it is)"
             except Exception:

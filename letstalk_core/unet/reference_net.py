@@ -27,7 +27,10 @@ from .spatial import SpatialTransformer
 ReferenceFeatures = dict[str, torch.Tensor]
 
 
-class _Block(nn.Module):
+class UNetBlock(nn.Module):
+    """A down/mid/up block's module lists, named as diffusers names them (``resnets``, ``attentions``, and
+    for the Diffusion Net ``audio_modules``, ``motion_modules``, ``downsamplers``/``upsamplers``)."""
+
     def __init__(self):
         super().__init__()
         self.resnets = nn.ModuleList()
@@ -82,7 +85,7 @@ class ReferenceNet(nn.Module):
         n = len(boc)
         self.down_blocks = nn.ModuleList()
         for i in range(n):
-            block = _Block()
+            block = UNetBlock()
             for j in range(c.layers_per_block):
                 block.resnets.append(ResnetBlock(*down_resnet_channels(c, i, j), temb, groups=g, eps=eps))
                 if c.has_cross_attention(i):
@@ -90,13 +93,13 @@ class ReferenceNet(nn.Module):
             if i < n - 1:
                 block.downsamplers = nn.ModuleList([Downsample(boc[i])])
             self.down_blocks.append(block)
-        self.mid_block = _Block()
+        self.mid_block = UNetBlock()
         for _ in range(2):
             self.mid_block.resnets.append(ResnetBlock(boc[-1], boc[-1], temb, groups=g, eps=eps))
         self.mid_block.attentions.append(SpatialTransformer(boc[-1], heads, c.cross_attention_dim, groups=g))
         self.up_blocks = nn.ModuleList()
         for i in range(n):
-            block = _Block()
+            block = UNetBlock()
             _, out, _ = up_channels(c, i)
             for j in range(c.layers_per_block + 1):
                 block.resnets.append(ResnetBlock(*up_resnet_channels(c, i, j), temb, groups=g, eps=eps))
