@@ -161,7 +161,7 @@ def video_source(video, what: str = "video"):
     """The file behind a native VIDEO, to stream from it; a VIDEO built from frames in memory is written
     to a temporary file first (it is in memory already)."""
     src = video.get_stream_source() if hasattr(video, "get_stream_source") else None
-    if isinstance(src, (str, bytes)) or hasattr(src, "__fspath__"):
+    if isinstance(src, str) or hasattr(src, "__fspath__"):
         return str(src)
     if not hasattr(video, "save_to"):
         raise ValueError(f"{what} must be a VIDEO (e.g. the Memory Bank Loop's video output or Load Video).")
