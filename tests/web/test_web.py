@@ -43,7 +43,7 @@ FIT_JS = """async (zoom) => {
     const n = window.app.graph._nodes.find(n => n.type === 'LetsTalkMemoryBankLoop');
     const ds = window.app.canvas.ds;
     ds.scale = zoom;
-    ds.offset[0] = -n.pos[0] + 40 / zoom;
+    ds.offset[0] = -n.pos[0] + 120 / zoom;  // clear of the left sidebar
     ds.offset[1] = -n.pos[1] + 60 / zoom;
     window.app.canvas.setDirty(true, true);
     window.app.canvas.draw(true, true);
