@@ -3,8 +3,8 @@
 
     python3 scripts/bootstrap.py run python benchmarks/ablation.py \\
         --heldout outputs/demo-build/heldout \\
-        --row "demo model=models/letstalk-demo.safetensors" \\
-        --row "demo model, memory off=models/letstalk-demo.safetensors:nomem" \\
+        --row "demo model=letstalk_core/models/letstalk-demo.safetensors" \\
+        --row "demo model, memory off=letstalk_core/models/letstalk-demo.safetensors:nomem" \\
         --out outputs/ablation --workers 2
 
 A row is ``NAME=CHECKPOINT`` with options ``:nomem`` (memory bank off at inference: every clip

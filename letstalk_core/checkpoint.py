@@ -8,6 +8,7 @@ message naming the tensors and both shapes.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,6 +20,39 @@ from .validation import check_state_dict, require_file
 CONFIG_KEY = "letstalk_config"
 FORMAT_KEY = "letstalk_format"
 FORMAT = "letstalk-checkpoint-v1"
+INFERENCE_KEY = "letstalk_inference"  # the sampling recipe the model is meant to be run with (JSON)
+#: Where a checkpoint records no recipe: what each objective is sampled with by default.
+OBJECTIVE_RECIPES = {"flow": {"sampler": "euler", "steps": 10}, "ddpm": {"sampler": "ddim", "steps": 25}}
+
+
+@dataclass(frozen=True)
+class InferenceRecipe:
+    """How a checkpoint is meant to be sampled, and where that came from (for the CLI's messages)."""
+
+    sampler: str
+    steps: int
+    source: str
+
+
+def inference_recipe(config: LetsTalkConfig, meta: dict[str, str]) -> InferenceRecipe:
+    """The checkpoint's recorded recipe (``letstalk_inference`` metadata: ``{"sampler", "steps"}``),
+    else the default of its diffusion objective (:data:`OBJECTIVE_RECIPES`)."""
+    if INFERENCE_KEY in meta:
+        try:
+            raw = json.loads(meta[INFERENCE_KEY])
+            sampler, steps = str(raw["sampler"]), int(raw["steps"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"the checkpoint's '{INFERENCE_KEY}' metadata is not valid ({e}); "
+                             "give --steps and --sampler explicitly.") from e
+        return InferenceRecipe(sampler, steps, "recorded in the checkpoint")
+    base = OBJECTIVE_RECIPES[config.diffusion.objective]
+    return InferenceRecipe(base["sampler"], base["steps"], f"the default for {config.diffusion.objective} models")
+
+
+def recipe_metadata(config: LetsTalkConfig, sampler: str | None = None, steps: int | None = None) -> dict[str, str]:
+    """The ``letstalk_inference`` metadata entry for an export (the objective's default unless given)."""
+    base = OBJECTIVE_RECIPES[config.diffusion.objective]
+    return {INFERENCE_KEY: json.dumps({"sampler": sampler or base["sampler"], "steps": int(steps or base["steps"])})}
 
 
 def check_module_state(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

@@ -1,9 +1,12 @@
-"""The ``letstalk`` command.
+"""The letstalk command: long talking-portrait videos from a portrait and a speech track.
 
+    letstalk demo                                                 (the shipped demo model, demo person and speech)
     letstalk generate --checkpoint model.safetensors --image face.png --audio speech.wav --out video.mp4
-    letstalk info model.safetensors
+    letstalk info model.safetensors                               (add --json for every detail)
     letstalk init --preset tiny --out random-tiny.safetensors     (an UNTRAINED model, for trying the pipeline)
     letstalk params                                               (parameter counts of the presets)
+
+'--checkpoint demo' names the shipped demo model. 'letstalk COMMAND --help' lists each command's options.
 """
 from __future__ import annotations
 
@@ -12,18 +15,51 @@ import sys
 import time
 from pathlib import Path
 
+from .runtime import add_threads_option, apply_threads, prepare_threads
+
+DEMO_NAME = "demo"  # --checkpoint demo: the shipped demo model
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written; every option's help ends with its default (unless it has none)."""
+
+    def _get_help_string(self, action) -> str:
+        text = action.help or ""
+        if "%(default)" in text or not action.option_strings or any(action.default is v for v in (None, False, argparse.SUPPRESS)):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    def __init__(self, *args, formatter_class=HelpFormatter, **kwargs) -> None:
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
+
+
+def checkpoint_path(value: str) -> Path:
+    """``demo`` → the shipped demo model; anything else is a path."""
+    if value == DEMO_NAME:
+        from .demo import demo_model_path
+
+        return demo_model_path()
+    return Path(value)
+
 
 def _add_generate(sub) -> None:
-    p = sub.add_parser("generate", help="make a talking video from a portrait and a speech track")
-    p.add_argument("--checkpoint", required=True, help="LetsTalk checkpoint (.safetensors)")
+    p = sub.add_parser("generate", help="make a talking video from a portrait and a speech track",
+                       description="Make a talking video from a portrait and a speech track of any length.")
+    p.add_argument("--checkpoint", required=True, help="LetsTalk checkpoint (.safetensors), or 'demo' for the shipped demo model")
     p.add_argument("--image", required=True, help="portrait image (png, jpg, webp, ...)")
     p.add_argument("--audio", required=True, help="speech audio, or a video with sound (wav, mp3, flac, m4a, mp4, ...)")
     p.add_argument("--out", required=True, help="output .mp4")
     p.add_argument("--dcae", help="DC-AE weights, when the checkpoint does not bundle them")
     p.add_argument("--speech-encoder", help="wav2vec2 weights, when the model uses wav2vec2 and does not bundle them")
-    p.add_argument("--sampler", default="auto", help="auto (ddim for DDPM models, euler for flow models), ddim, ddpm or euler")
-    p.add_argument("--steps", type=int, default=25, help="sampling steps per clip")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sampler", default=None,
+                   help="ddim, ddpm or euler (flow models); default: the checkpoint's recorded recipe, else ddim for "
+                        "DDPM models and euler for flow models")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampling steps per clip; default: the checkpoint's recorded recipe (10 for the demo model), "
+                        "else 10 for flow and 25 for DDPM models")
+    p.add_argument("--seed", type=int, default=0, help="noise seed: the same seed and inputs give the same video")
     p.add_argument("--audio-scale", type=float, default=1.0, help="audio guidance scale (1 = off)")
     p.add_argument("--portrait-scale", type=float, default=1.0, help="portrait guidance scale (1 = off)")
     p.add_argument("--memory-scale", type=float, default=1.0,
@@ -38,88 +74,155 @@ def _add_generate(sub) -> None:
                         "default 0.2, which keeps long runs from drifting)")
     p.add_argument("--size-mode", default="model", choices=["model", "keep"],
                    help="model: crop+resize the portrait to the model's size; keep: use the image's size")
-    p.add_argument("--resume-dir", help="keep finished clips here; running again with the same inputs resumes")
+    p.add_argument("--resume-dir", help="keep finished clips here while the video is made; running the same command "
+                                        "again after an interruption resumes with an identical result. Removed when "
+                                        "the video is complete, unless --keep-resume-dir")
+    p.add_argument("--keep-resume-dir", action="store_true", help="keep the --resume-dir clips after a complete run")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16")
     p.add_argument("--crf", type=int, default=18, help="video quality (lower = better)")
+    add_threads_option(p)
 
 
 def cmd_generate(a) -> int:
     import torch
     from tqdm import tqdm
 
+    from .audio.waveform import silence_warning
     from .diffusion.guidance import GuidanceScales
-    from .io.audio_file import load_audio
+    from .io.audio_file import read_audio
     from .io.image import load_image
     from .loading import load_generator
     from .pipeline import RECOMMENDED_MEMORY_ANCHOR, GenerationSettings, open_video, recommended_overlap
     from .resume import ClipStore
-    from .validation import require_file
+    from .validation import require_file, require_writable_file
 
-    require_file(a.checkpoint, "checkpoint")
+    checkpoint = checkpoint_path(a.checkpoint)
+    require_file(checkpoint, "checkpoint")
+    out = require_writable_file(a.out, "output video", "Choose another --out.")
+    store = ClipStore(a.resume_dir) if a.resume_dir else None  # checks that the folder is writable
     image = load_image(a.image)
-    waveform, rate = load_audio(a.audio)
-    gen = load_generator(a.checkpoint, dcae_path=a.dcae, speech_encoder_path=a.speech_encoder, device=a.device, dtype=a.dtype)
-    settings = GenerationSettings(sampler=a.sampler, steps=a.steps, seed=a.seed,
+    audio = read_audio(a.audio)
+    waveform, rate = audio.waveform, audio.rate
+    for warning in (audio.shortfall(), silence_warning(waveform, f"The audio '{audio.path.name}'")):
+        if warning:
+            print(f"letstalk: warning: {warning}", file=sys.stderr)
+    gen = load_generator(checkpoint, dcae_path=a.dcae, speech_encoder_path=a.speech_encoder, device=a.device, dtype=a.dtype)
+    recipe = gen.recipe
+    steps = recipe.steps if a.steps is None else a.steps
+    sampler = recipe.sampler if a.sampler is None else a.sampler
+    settings = GenerationSettings(sampler=sampler, steps=steps, seed=a.seed,
                                   guidance=GuidanceScales(portrait=a.portrait_scale, audio=a.audio_scale, memory=a.memory_scale),
                                   use_memory=not a.no_memory,
                                   overlap=recommended_overlap(gen.config.video.clip_frames) if a.overlap is None else a.overlap,
                                   memory_anchor=RECOMMENDED_MEMORY_ANCHOR if a.memory_anchor is None else a.memory_anchor)
     t0 = time.perf_counter()
     prepared = gen.prepare(image, waveform, rate, size_mode=a.size_mode)
-    store = ClipStore(a.resume_dir) if a.resume_dir else None
     fp = gen.fingerprint(prepared, settings)
     state = store.load_state(fp) if store else None
     done = state.next_clip if state else 0
-    n_clips, steps = len(gen.plan(prepared, settings)), settings.steps
+    n_clips = len(gen.plan(prepared, settings))
+    source = "" if a.steps is not None and a.sampler is not None else f" ({recipe.source})"
     print(f"letstalk: {prepared.audio_seconds:.2f} s of audio -> {prepared.num_frames} frames at {gen.config.video.fps:g} fps, "
-          f"{n_clips} clips of {gen.config.video.clip_frames} sharing {settings.overlap}, {steps} {settings.sampler} steps, "
-          f"device {gen.device}"
+          f"{n_clips} clips of {gen.config.video.clip_frames} sharing {settings.overlap}, {steps} {sampler} steps{source}, "
+          f"device {gen.device}, {torch.get_num_threads()} threads"
           + (f"; resuming after clip {done}" if done else ""), file=sys.stderr)
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=n_clips * steps, initial=done * steps, unit="step", desc="clips", dynamic_ncols=True)
 
     def on_step(info) -> None:
         bar.set_description(f"clip {info.clip + 1}/{info.clips} (memory {info.memory_frames} frames)")
         bar.update(1)
 
-    with open_video(out, gen.config.video.fps, waveform, rate, settings.overlap, crf=a.crf,
-                    metadata={"comment": f"LetsTalk {Path(a.checkpoint).name} seed={a.seed}"}) as writer:
-        if store:
-            for frames in store.stored_clips(done):
-                writer.write(frames)
-        for clip, latents, new_state in gen.iter_clips(prepared, settings, state=state, on_step=on_step):
-            frames = torch.cat(list(gen.decode_clip(latents, clip, settings.decode_chunk)))
-            writer.write(frames)
+    try:
+        with open_video(out, gen.config.video.fps, waveform, rate, settings.overlap, crf=a.crf,
+                        metadata={"comment": f"LetsTalk {checkpoint.name} seed={a.seed}"}) as writer:
             if store:
-                store.save_clip(clip.index, frames)
-                store.save_state(new_state)
-    bar.close()
+                for frames in store.stored_clips(done):
+                    writer.write(frames)
+            for clip, latents, new_state in gen.iter_clips(prepared, settings, state=state, on_step=on_step):
+                frames = torch.cat(list(gen.decode_clip(latents, clip, settings.decode_chunk)))
+                writer.write(frames)
+                if store:
+                    store.save(clip.index, frames, new_state)  # written in the background
+    finally:
+        bar.close()
+        if store:
+            store.close()  # an interrupted run keeps every clip it finished
     dt = time.perf_counter() - t0
     print(f"letstalk: wrote {out} ({prepared.num_frames} frames, {prepared.audio_seconds:.2f} s with sound) "
           f"in {dt:.1f} s ({dt / prepared.num_frames:.3f} s/frame)", file=sys.stderr)
+    if store and not a.keep_resume_dir:
+        freed = store.remove()
+        print(f"letstalk: the video is complete; removed the resume clips from {store.folder} "
+              f"({freed / 2**20:.1f} MB freed)", file=sys.stderr)
+    elif store:
+        print(f"letstalk: the resume clips in {store.folder} are kept (--keep-resume-dir); they can be deleted",
+              file=sys.stderr)
     print(out.resolve())
     return 0
 
 
 def cmd_info(a) -> int:
-    from .checkpoint import read_checkpoint
+    import json
+
+    from .checkpoint import INFERENCE_KEY, inference_recipe, read_checkpoint
     from .dit.transformer import count_parameters
     from .loading import load_transformer
 
-    config, groups, meta = read_checkpoint(a.checkpoint)
+    path = checkpoint_path(a.checkpoint)
+    config, groups, meta = read_checkpoint(path)
     model = load_transformer(config, groups["dit"])
-    print(f"checkpoint: {a.checkpoint}")
+    recipe = inference_recipe(config, meta)
+    if a.json:
+        def parse(v):
+            try:
+                return json.loads(v)
+            except ValueError:
+                return v
+
+        print(json.dumps({"checkpoint": str(path), "parameters": count_parameters(model),
+                          "bundled": {"dcae": bool(groups["dcae"]), "speech_encoder": bool(groups["speech"])},
+                          "inference": {"sampler": recipe.sampler, "steps": recipe.steps, "source": recipe.source},
+                          "metadata": {k: parse(v) for k, v in meta.items()}}, indent=2))
+        return 0
+    print(f"checkpoint: {path}")
     print(f"transformer: depth {config.dit.depth}, width {config.dit.hidden_size}, portrait fusion {config.dit.portrait_fusion}, "
           f"audio fusion {config.dit.audio_fusion}; {count_parameters(model) / 1e6:.2f} M parameters")
     print(f"video: {config.video.width}x{config.video.height} at {config.video.fps:g} fps, clips of {config.video.clip_frames}, "
           f"memory {config.memory.frames} frames; diffusion {config.diffusion.objective}; speech encoder {config.speech_encoder.kind}")
     print(f"bundled: DC-AE {'yes' if groups['dcae'] else 'no'}, speech encoder {'yes' if groups['speech'] else 'no'}")
+    print(f"sampling: {recipe.steps} {recipe.sampler} steps ({recipe.source})")
+    for line in training_summary(meta):
+        print(line)
     for k, v in meta.items():
-        if k not in ("letstalk_config",):
-            print(f"{k}: {v}")
+        if k not in ("letstalk_config", "letstalk_training", "letstalk_format", INFERENCE_KEY):
+            print(f"{k}: {v if len(v) <= 200 else v[:197] + '...'}")
+    print("(letstalk info --json prints the full config and training recipe)")
     return 0
+
+
+def training_summary(meta: dict[str, str]) -> list[str]:
+    """A few lines on how the model was trained, from its ``letstalk_training`` metadata."""
+    import json
+
+    raw = meta.get("letstalk_training")
+    if not raw:
+        return []
+    try:
+        rec = json.loads(raw)
+    except ValueError:
+        return ["training: (unreadable letstalk_training metadata)"]
+    cfg = rec.get("train_config", {})
+    lines = [f"training: step {rec.get('step', '?')} of {cfg.get('steps', '?')}, batch {cfg.get('batch_size', '?')}, "
+             f"lr {cfg.get('lr', '?')}, EMA {cfg.get('ema_decay', '?')}, precision {cfg.get('precision', '?')}, "
+             f"seed {cfg.get('seed', '?')}"]
+    prov = rec.get("provenance") or {}
+    data = prov.get("train_data")
+    if data:
+        lines.append(f"training data: {data.get('count', '?')} procedural samples x {data.get('seconds', '?')} s "
+                     f"(seed {data.get('seed', '?')}); recipe in {prov.get('script', '?')}, "
+                     f"{len(prov.get('commands', []))} commands")
+    return lines
 
 
 def cmd_init(a) -> int:
@@ -160,15 +263,16 @@ def cmd_params(a) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="letstalk", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="letstalk", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
     p = sub.add_parser("info", help="describe a checkpoint")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="a LetsTalk checkpoint (.safetensors), or 'demo'")
+    p.add_argument("--json", action="store_true", help="print everything, with the full config and training recipe, as JSON")
     p = sub.add_parser("init", help="write an UNTRAINED model of a preset (to try the pipeline)")
-    p.add_argument("--preset", default="tiny")
-    p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--preset", default="tiny", help="preset name (letstalk params lists them)")
+    p.add_argument("--out", required=True, help="output .safetensors")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     p.add_argument("--perturb", type=float, default=0.02, help="std of noise added to all weights (0 = DiT init)")
     sub.add_parser("params", help="parameter counts of the presets")
     _add_train(sub)
@@ -217,12 +321,12 @@ def _add_train_dcae(sub) -> None:
     p.add_argument("videos", nargs="+", help="video files or folders")
     p.add_argument("--out", required=True, help="output .safetensors")
     p.add_argument("--preset", default="demo", help="LetsTalk preset whose DC-AE and frame size are trained")
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--steps", type=int, default=2000, help="optimisation steps")
+    p.add_argument("--batch-size", type=int, default=32, help="frames per step")
+    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
     p.add_argument("--frame-stride", type=int, default=3, help="keep every n-th frame of each video")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights and the frame sampling")
+    add_threads_option(p)
     p.set_defaults(func=cmd_train_dcae)
 
 
@@ -244,10 +348,12 @@ COMMANDS = {"generate": cmd_generate, "info": cmd_info, "init": cmd_init, "param
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    prepare_threads(getattr(args, "threads", 0))  # before torch starts its thread pool
     try:
+        apply_threads(getattr(args, "threads", 0))
         func = COMMANDS.get(args.command) or args.func
         return func(args)
-    except (ValueError, TypeError, FileNotFoundError, IsADirectoryError) as e:
+    except (ValueError, TypeError, OSError) as e:  # OSError: a disk, permission or FFmpeg I/O failure
         print(f"letstalk {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -10,15 +10,16 @@ import json
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO_MODEL = ROOT / "models" / "letstalk-demo.safetensors"
+#: Package data (pyproject ``[tool.setuptools.package-data]``): a wheel or ``pip install .`` carries it too.
+DEMO_MODEL = Path(__file__).resolve().parent / "models" / "letstalk-demo.safetensors"
 DEMO_SEED = 777_001  # the demo person and speech; training data uses dataset seed 1000, held-out 9000
 TRAINING_KEY = "letstalk_training"
 
 
-def stamp_provenance(src, dst, recipe: dict) -> Path:
+def stamp_provenance(src, dst, recipe: dict, inference: dict | None = None) -> Path:
     """Copy a trained export to ``dst`` with ``recipe`` (commands, data seeds) added to its
-    ``letstalk_training`` metadata."""
+    ``letstalk_training`` metadata and, if given, the sampling recipe (``letstalk_inference``:
+    ``{"sampler", "steps"}``) the model is meant to be run with."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
@@ -28,6 +29,10 @@ def stamp_provenance(src, dst, recipe: dict) -> Path:
     training = json.loads(meta.get(TRAINING_KEY, "{}"))
     training["provenance"] = recipe
     meta[TRAINING_KEY] = json.dumps(training)
+    if inference is not None:
+        from .checkpoint import INFERENCE_KEY
+
+        meta[INFERENCE_KEY] = json.dumps(inference)
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(dst.name + ".tmp")
@@ -38,8 +43,9 @@ def stamp_provenance(src, dst, recipe: dict) -> Path:
 
 def demo_model_path() -> Path:
     if not DEMO_MODEL.is_file():
-        raise ValueError(f"the demo model is missing at '{DEMO_MODEL}'; restore it with `git checkout models/` "
-                         "or rebuild it with scripts/train_demo.py.")
+        raise ValueError(f"the demo model is missing at '{DEMO_MODEL}': this installation of letstalk is incomplete. "
+                         "Reinstall the package (`pip install --force-reinstall letstalk-talking-portrait`, or "
+                         "`pip install .` in a clone), or give a model with --checkpoint.")
     return DEMO_MODEL
 
 
@@ -49,7 +55,8 @@ def add_demo_command(sub) -> None:
     p.add_argument("--seconds", type=float, default=60.0, help="length of the demo speech")
     p.add_argument("--seed", type=int, default=DEMO_SEED, help="demo person and speech (procedural)")
     p.add_argument("--checkpoint", default=None, help="another model instead of the shipped demo model")
-    p.add_argument("--steps", type=int, default=10, help="sampling steps per clip (Euler for the flow demo model)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampling steps per clip; default: the model's recorded recipe (10 Euler steps for the demo model)")
     p.add_argument("--audio-scale", type=float, default=1.0, help="audio guidance scale (1 = off)")
     p.add_argument("--portrait-scale", type=float, default=1.0, help="portrait guidance scale (1 = off)")
     p.add_argument("--no-memory", action="store_true", help="generate every clip from the portrait only (ablation)")
@@ -57,6 +64,9 @@ def add_demo_command(sub) -> None:
                    help="frames consecutive clips share and crossfade (0 = the paper's side-by-side clips; default 4 of 16)")
     p.add_argument("--memory-anchor", type=float, default=None,
                    help="share of the portrait mixed into each clip's memory (0 = the paper's memory; default 0.2)")
+    from .runtime import add_threads_option
+
+    add_threads_option(p)
     p.set_defaults(func=run_demo_command)
 
 
@@ -73,7 +83,10 @@ def run_demo_command(a) -> int:
     from .audio.waveform import frame_count
     from .pipeline import RECOMMENDED_MEMORY_ANCHOR, GenerationSettings, plan_clips, recommended_overlap, write_video
 
-    out = Path(a.out)
+    from .validation import require_writable_file, require_writable_folder
+
+    out = require_writable_folder(a.out, "demo output folder", "Choose another --out.")
+    video = require_writable_file(out / "demo.mp4", "demo video", "Choose another --out.")
     ckpt = Path(a.checkpoint) if a.checkpoint else demo_model_path()
     gen = load_generator(ckpt, device="auto", dtype="auto")
     cfg = gen.config
@@ -82,11 +95,10 @@ def run_demo_command(a) -> int:
     truth = load_truth(truth_json)
     image = load_image(truth.portrait_path)
     wave, rate = load_audio(truth.audio)
-    settings = GenerationSettings(steps=a.steps, seed=0, use_memory=not a.no_memory,
+    settings = GenerationSettings(sampler=gen.recipe.sampler, steps=gen.recipe.steps if a.steps is None else a.steps, seed=0, use_memory=not a.no_memory,
                                   guidance=GuidanceScales(portrait=a.portrait_scale, audio=a.audio_scale),
                                   overlap=recommended_overlap(cfg.video.clip_frames) if a.overlap is None else a.overlap,
                                   memory_anchor=RECOMMENDED_MEMORY_ANCHOR if a.memory_anchor is None else a.memory_anchor)
-    video = out / "demo.mp4"
     t0 = time.perf_counter()
     plan = plan_clips(frame_count(int(wave.shape[-1]), rate, cfg.video.fps), cfg.video.clip_frames, settings.overlap)
     with tqdm(total=len(plan), desc="clips", unit="clip", dynamic_ncols=True) as bar:

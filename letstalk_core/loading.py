@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .checkpoint import load_transformer, read_checkpoint
+from .checkpoint import inference_recipe, load_transformer, read_checkpoint
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -95,9 +95,9 @@ def load_generator(checkpoint, *, dcae_path=None, speech_encoder_path=None, devi
 
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev) if isinstance(dtype, str) else dtype
-    config, groups, _ = read_checkpoint(checkpoint)
+    config, groups, meta = read_checkpoint(checkpoint)
     model = load_transformer(config, groups["dit"], device=dev, dtype=dt)
     dcae, speech = load_parts(config, groups["dcae"], groups["speech"], dcae_path=dcae_path,
                               speech_encoder_path=speech_encoder_path, device=dev)
     dcae = dcae.to(dev, torch.float32 if dev.type == "cpu" else dt)
-    return LetsTalkGenerator(config, model, dcae, speech, device=dev, dtype=dt)
+    return LetsTalkGenerator(config, model, dcae, speech, device=dev, dtype=dt, recipe=inference_recipe(config, meta))

@@ -34,7 +34,7 @@ from .audio.windows import frame_windows_range
 from .autoencoder.dc_ae import encode_frames, iter_decode
 from .config import LetsTalkConfig
 from .diffusion.guidance import GuidanceScales, guided_model_fn
-from .diffusion.samplers import get_sampler
+from .diffusion.samplers import AUTO_SAMPLER, get_sampler
 from .diffusion.schedule import make_schedule
 from .memory.bank import anchor_memory, initial_memory, update_memory
 from .validation import require_finite, require_tensor
@@ -301,10 +301,14 @@ class LetsTalkGenerator:
     """Generates a talking video of any length from a portrait, a speech track and a model.
 
     ``model``: :class:`~letstalk_core.dit.transformer.LetsTalkTransformer`; ``dcae``: its autoencoder;
-    ``speech_encoder``: a :class:`~letstalk_core.audio.features.SpeechEncoder` matching the config."""
+    ``speech_encoder``: a :class:`~letstalk_core.audio.features.SpeechEncoder` matching the config;
+    ``recipe``: the checkpoint's :class:`~letstalk_core.checkpoint.InferenceRecipe` (sampler and steps it
+    is meant to be run with), when known."""
 
-    def __init__(self, config: LetsTalkConfig, model, dcae, speech_encoder, *, device="cpu", dtype=torch.float32):
+    def __init__(self, config: LetsTalkConfig, model, dcae, speech_encoder, *, device="cpu", dtype=torch.float32,
+                 recipe=None):
         self.config = config
+        self.recipe = recipe
         self.model = model.to(device=device, dtype=dtype).eval()
         self.dcae = dcae.to(device=device).eval() if dcae is not None else None  # None: sampling only
         self.speech_encoder = speech_encoder
@@ -361,7 +365,11 @@ class LetsTalkGenerator:
         return plan_clips(prepared.num_frames, self.config.video.clip_frames, settings.overlap)
 
     def fingerprint(self, prepared: PreparedInputs, settings: GenerationSettings) -> str:
-        return hashlib.sha256((prepared.fingerprint + repr(asdict(settings))).encode()).hexdigest()[:32]
+        """Ties a saved state to (model, inputs, settings); ``auto`` counts as the sampler it picks."""
+        resolved = asdict(settings)
+        if resolved["sampler"] == "auto":
+            resolved["sampler"] = AUTO_SAMPLER[self.schedule.kind]
+        return hashlib.sha256((prepared.fingerprint + repr(resolved)).encode()).hexdigest()[:32]
 
     # --- sampling ----------------------------------------------------------------------------------
     def clip_audio_tokens(self, prepared: PreparedInputs, clip: ClipPlan) -> torch.Tensor:

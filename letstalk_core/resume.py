@@ -3,9 +3,15 @@
 After every clip its decoded frames (uint8) and the :class:`~letstalk_core.pipeline.GenerationState`
 are written atomically. A run started again with the same folder and the same inputs replays the
 stored clips and continues from the next one; the result equals an uninterrupted run.
+
+The writes happen off the sampling path (:meth:`ClipStore.save` hands them to one background thread,
+in order, at most one clip behind), so keeping a resume folder costs next to nothing per frame;
+:meth:`ClipStore.flush` waits for them (an interrupted run keeps every clip it finished) and
+:meth:`ClipStore.remove` deletes what the store wrote once the video is complete.
 """
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
@@ -13,6 +19,7 @@ import numpy as np
 import torch
 
 from .pipeline import GenerationState
+from .validation import require_writable_folder
 
 STATE_FILE = "state.safetensors"
 
@@ -21,21 +28,81 @@ class ClipStore:
     """A folder holding ``clip_00000.npy`` … (frames ``[n, H, W, 3]`` uint8) and ``state.safetensors``."""
 
     def __init__(self, folder) -> None:
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder = require_writable_folder(folder, "resume folder",
+                                              "Choose another folder for the finished clips (--resume-dir).")
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending: Future | None = None
 
     def clip_path(self, index: int) -> Path:
         return self.folder / f"clip_{index:05d}.npy"
 
-    def save_clip(self, index: int, frames: torch.Tensor) -> None:
-        """Store a clip's frames ``[n, 3, H, W]`` in [-1, 1] as uint8 (atomic rename)."""
-        arr = ((frames.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+    @staticmethod
+    def to_uint8(frames: torch.Tensor) -> np.ndarray:
+        """Frames ``[n, 3, H, W]`` in [-1, 1] → ``[n, H, W, 3]`` uint8, the video writer's rounding."""
+        return ((frames.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+
+    def save_clip(self, index: int, frames: torch.Tensor | np.ndarray) -> None:
+        """Store a clip's frames (``[n, 3, H, W]`` in [-1, 1], or uint8 ``[n, H, W, 3]``), atomically."""
+        arr = frames if isinstance(frames, np.ndarray) else self.to_uint8(frames)
         tmp = self.clip_path(index).with_suffix(".tmp.npy")
         np.save(tmp, arr)
         tmp.replace(self.clip_path(index))
 
     def save_state(self, state: GenerationState) -> None:
         state.save(self.folder / STATE_FILE)
+
+    def save(self, index: int, frames: torch.Tensor, state: GenerationState) -> None:
+        """Store clip ``index`` and the state after it in the background (clip first, then state, so a
+        state never points past a clip on disk). Waits for the previous clip's write first: at most one
+        clip is in flight, and a failed write surfaces at the next clip."""
+        arr = self.to_uint8(frames)
+        state = GenerationState(state.next_clip, state.memory.detach().cpu().clone(), state.fingerprint,
+                                None if state.tail is None else state.tail.detach().cpu().clone())
+        self.flush()
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="letstalk-resume")
+
+        def write() -> None:
+            self.save_clip(index, arr)
+            self.save_state(state)
+
+        self._pending = self._executor.submit(write)
+
+    def flush(self) -> None:
+        """Wait for the write in flight (re-raising its error)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
+
+    def __enter__(self) -> "ClipStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def remove(self) -> int:
+        """Delete the clips and the state this store keeps (and the folder, if nothing else is in it).
+        Returns the bytes freed. Files the store did not write are left alone."""
+        self.close()
+        freed = 0
+        for f in [*self.folder.glob("clip_[0-9][0-9][0-9][0-9][0-9].npy"), *self.folder.glob("clip_*.tmp.npy"),
+                  self.folder / STATE_FILE, self.folder / (STATE_FILE + ".tmp")]:
+            if f.is_file():
+                freed += f.stat().st_size
+                f.unlink()
+        try:
+            self.folder.rmdir()
+        except OSError:
+            pass  # not empty: the user keeps other files there
+        return freed
 
     def load_state(self, fingerprint: str) -> GenerationState | None:
         """The stored state if it belongs to this run (same fingerprint) and its clips are all present."""

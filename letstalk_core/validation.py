@@ -3,6 +3,7 @@
 expected, what to do. Nothing is silently clamped."""
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 from typing import Mapping
 
@@ -45,6 +46,79 @@ def require_file(path, what: str) -> Path:
         raise FileNotFoundError(f"{what} not found: '{p}'. Check the path (it is resolved from '{Path.cwd()}').")
     if p.is_dir():
         raise IsADirectoryError(f"{what} path '{p}' is a folder; give the file itself.")
+    return p
+
+
+_WRITE_REASONS = {
+    errno.EACCES: "permission denied",
+    errno.EPERM: "the operation is not permitted (an immutable or protected folder)",
+    errno.EROFS: "the file system is read-only",
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exhausted",
+    errno.ENOENT: "the folder does not accept new files",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EISDIR: "it is a folder",
+    errno.ENAMETOOLONG: "the name is too long",
+}
+
+
+def _refuse_file_in_path(what: str, path: Path, hint: str) -> None:
+    """A folder of the path that exists as a file makes mkdir fail with a bare 'File exists'."""
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"Cannot write the {what} '{path}': '{parent}' is a file, not a folder. {hint}")
+            return
+
+
+def _write_error(what: str, path: Path, exc: OSError, hint: str) -> ValueError:
+    reason = _WRITE_REASONS.get(exc.errno, exc.strerror or str(exc))
+    return ValueError(f"Cannot write the {what} '{path}': {reason} ({exc.strerror or exc}). {hint}".strip())
+
+
+def require_writable_folder(folder, what: str, hint: str = "Choose another folder.") -> Path:
+    """Create ``folder`` (with its parents) and prove a file can be written in it, before any work.
+    Raises ``ValueError`` naming the folder and the reason; the probe file is removed again."""
+    import tempfile
+
+    p = Path(folder).expanduser()
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"The {what} '{p}' is a file, not a folder. {hint}")
+    _refuse_file_in_path(what, p, hint)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=p, prefix=".letstalk-write-test-"):
+            pass
+    except OSError as exc:
+        raise _write_error(what, p, exc, hint) from exc
+    return p
+
+
+def require_writable_file(path, what: str, hint: str = "Choose another output path.") -> Path:
+    """Prove ``path`` can be created (its folder too) and written, before any work: the check opens
+    it for appending (an existing file keeps its content) and removes it again if it did not exist.
+    Raises ``ValueError`` naming the path and the reason (permission, read-only or immutable folder,
+    a pseudo file system such as /proc, a full disk, ...)."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise ValueError(f"The {what} '{p}' is a folder; give a file name in it, e.g. '{p / 'video.mp4'}'.")
+    _refuse_file_in_path(what, p, hint)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _write_error(what, p, exc, hint) from exc
+    existed = p.exists()
+    try:
+        with open(p, "ab"):
+            pass
+    except OSError as exc:
+        raise _write_error(what, p, exc, hint) from exc
+    finally:
+        if not existed:
+            try:
+                p.unlink(missing_ok=True)
+            except OSError:
+                pass
     return p
 
 

@@ -41,6 +41,19 @@ def audio_waveform(audio, what: str = "audio"):
     return wave, int(audio["sample_rate"])
 
 
+def warn_if_silent(wave, what: str = "The audio") -> str | None:
+    """Log (ComfyUI's console) and return the warning for a silent track: it is accepted as a
+    "listening" clip, as the CLI does, but reported in case the file or its channel is wrong."""
+    from ..letstalk_core.audio.waveform import silence_warning
+
+    warning = silence_warning(wave, what)
+    if warning:
+        import logging
+
+        logging.getLogger("letstalk").warning("LetsTalk: %s", warning)
+    return warning
+
+
 def covered_audio(audio, num_frames: int, fps: float) -> dict:
     """The AUDIO the video covers: the track padded with silence to exactly ``num_frames / fps``
     seconds (ceil(S·fps) frames cover at most one frame more than the track)."""

@@ -37,10 +37,9 @@ class LetsTalkAudioEncoder(io.ComfyNode):
     def execute(cls, model, audio, fps=0.0, speech_encoder=None) -> io.NodeOutput:
         import dataclasses
 
-        from ..letstalk_core.audio.waveform import require_audible
 
         wave, rate = common.audio_waveform(audio)
-        require_audible(wave)
+        common.warn_if_silent(wave)
         config = model.config
         if fps and abs(fps - config.video.fps) > 1e-6:
             config = dataclasses.replace(config, video=dataclasses.replace(config.video, fps=fps))

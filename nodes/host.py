@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 PACK_DIR = Path(__file__).resolve().parent.parent
-DEMO_MODELS_DIR = PACK_DIR / "models"
+DEMO_MODELS_DIR = PACK_DIR / "letstalk_core" / "models"  # package data: the wheel ships it too
 DEMO_MODEL = "letstalk-demo.safetensors"
 MODEL_FOLDER = "letstalk"  # ComfyUI/models/letstalk
 EVENT = "letstalk.progress"  # websocket event for web/letstalk.js

@@ -22,18 +22,21 @@ def read_config(ckpt_path: str):
 
 
 def plan(audio_path: str, ckpt_path: str, overlap: int = 0) -> dict:
-    from ..letstalk_core.audio.waveform import frame_count
-    from ..letstalk_core.io.audio_file import load_audio
+    from ..letstalk_core.audio.waveform import frame_count, silence_warning
+    from ..letstalk_core.io.audio_file import read_audio
     from ..letstalk_core.pipeline import max_overlap, plan_clips
 
     config = read_config(ckpt_path)
-    wave, rate = load_audio(audio_path)
+    audio = read_audio(audio_path)
+    wave, rate = audio.waveform, audio.rate
+    warnings = [w for w in (audio.shortfall(), silence_warning(wave, "The audio")) if w]
     frames = frame_count(int(wave.shape[-1]), rate, config.video.fps)
     clips = plan_clips(frames, config.video.clip_frames, overlap)
     return {"seconds": wave.shape[-1] / rate, "samples": int(wave.shape[-1]), "sample_rate": rate,
             "fps": float(config.video.fps), "frames": frames, "clips": len(clips),
             "clip_frames": config.video.clip_frames, "overlap": overlap, "memory_frames": config.memory.frames,
-            "last_clip_frames": clips[-1].frames, "max_overlap": max_overlap(config.video.clip_frames)}
+            "last_clip_frames": clips[-1].frames, "max_overlap": max_overlap(config.video.clip_frames),
+            "warnings": warnings}
 
 
 ROUTE = "/letstalk/plan"

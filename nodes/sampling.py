@@ -168,11 +168,10 @@ class LetsTalkMemoryBankLoop(io.ComfyNode):
                 use_memory=True, decode_chunk=8, resume_folder="", overlap=4, memory_anchor=0.2, dcae=None, speech_encoder=None) -> io.NodeOutput:
         import torch
 
-        from ..letstalk_core.audio.waveform import require_audible
         from ..letstalk_core.resume import ClipStore
 
         wave, rate = common.audio_waveform(audio)
-        require_audible(wave)
+        silent = common.warn_if_silent(wave)
         image = common.image_to_core(portrait, "portrait")[:1]
         settings = _settings(sampler, steps, seed, portrait_guidance, audio_guidance,
                              decode_chunk=int(decode_chunk), use_memory=bool(use_memory), overlap=int(overlap),
@@ -222,14 +221,17 @@ class LetsTalkMemoryBankLoop(io.ComfyNode):
                     if store:
                         decoded.append(chunk)
                 if store:
-                    store.save_clip(clip.index, torch.cat(decoded))
-                    store.save_state(new_state)
+                    store.save(clip.index, torch.cat(decoded), new_state)  # written in the background
         except BaseException:
             sink.abort()
             raise
+        finally:
+            if store:
+                store.close()  # a cancelled run keeps every clip it finished
         video = sink.finish()
         progress.finish()
-        return io.NodeOutput(images, covered, fps, video, ui=common.done_ui(f"{n} frames, {len(plan)} clips"))
+        summary = f"{n} frames, {len(plan)} clips" + (f"; warning: {silent}" if silent else "")
+        return io.NodeOutput(images, covered, fps, video, ui=common.done_ui(summary))
 
 
 class _FrameSink:

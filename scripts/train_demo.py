@@ -7,7 +7,7 @@ Stages (each skipped when its output exists, so an interrupted build continues):
 2. ``letstalk train-dcae``  the demo DC-AE on the training videos;
 3. ``letstalk preprocess``  DC-AE latents, log-mel features and frames into shards;
 4. ``letstalk train``       the DiT (configs/demo_train.json);
-5. copy the EMA export to ``models/letstalk-demo.safetensors`` with these exact commands in its
+5. copy the EMA export to ``letstalk_core/models/letstalk-demo.safetensors`` with these exact commands in its
    metadata (``letstalk_training.provenance``).
 """
 from __future__ import annotations
@@ -45,13 +45,17 @@ def commands(work: Path, steps: int, threads: int, run: str = "run") -> list[lis
     ]
 
 
+#: The recipe the demo model is run with (and the README's figures were measured with).
+DEMO_INFERENCE = {"sampler": "euler", "steps": 10}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="outputs/demo-build", help="build folder (relative to the repository)")
     ap.add_argument("--steps", type=int, default=4000, help="DiT training steps")
     ap.add_argument("--run", default="run", help="the DiT run folder inside --work")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads for the DiT training (0 = torch's default)")
-    ap.add_argument("--out", default="models/letstalk-demo.safetensors")
+    ap.add_argument("--out", default="letstalk_core/models/letstalk-demo.safetensors")
     ap.add_argument("--only", type=int, nargs="*", help="run only these stage numbers (1-5)")
     a = ap.parse_args()
     os.chdir(ROOT)
@@ -77,7 +81,8 @@ def main() -> int:
               "heldout_data": HELDOUT_DATA, "script": "scripts/train_demo.py"}
     # The EMA export at exactly --steps (written when the run went further than that), else the final one.
     src = work / a.run / f"model_step_{a.steps:07d}.safetensors"
-    stamp_provenance(src if src.is_file() else work / a.run / "model.safetensors", Path(a.out), recipe)
+    stamp_provenance(src if src.is_file() else work / a.run / "model.safetensors", Path(a.out), recipe,
+                     inference=DEMO_INFERENCE)
     print(f"demo model: {a.out}")
     return 0
 

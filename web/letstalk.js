@@ -37,7 +37,8 @@ function planKey(node) {
 function formatPlan(p) {
   return `${p.frames} frames · ${p.clips} clips of ${p.clip_frames}` + (p.overlap ? ` sharing ${p.overlap}` : "") +
     ` · ${p.seconds.toFixed(2)} s at ${p.fps} fps` +
-    (p.memory_frames ? ` · memory ${p.memory_frames} frames` : "");
+    (p.memory_frames ? ` · memory ${p.memory_frames} frames` : "") +
+    (p.warnings ?? []).map((w) => `\n⚠ ${w}`).join("");
 }
 
 // The panel's height: its text's own height once wrapped at the node's width, measured on an off-screen

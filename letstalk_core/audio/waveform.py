@@ -264,15 +264,16 @@ def prepare_waveform(waveform, sample_rate, *, target_rate: int = TARGET_SAMPLE_
 SILENCE_PEAK = 10 ** (-80 / 20)  # −80 dBFS: below one step of 16-bit audio
 
 
-def require_audible(waveform, what: str = "The audio") -> float:
-    """Refuse a track with no sound in it (peak below −80 dBFS): there is nothing to lip-sync, and it
-    almost always means a wrong file, a muted channel or a failed decode. Returns the peak."""
+def silence_warning(waveform, what: str = "The audio") -> str | None:
+    """A warning for a track with no sound in it (peak below −80 dBFS), else ``None``; an empty track
+    is an error. A silent track is legitimate (a "listening" clip: the face stays closed-mouthed), but
+    it is also what a wrong file, a muted channel or a failed decode looks like, so it is reported."""
     x = _to_tensor(waveform)
     if x.numel() == 0:
         raise ValueError(f"{what} is empty (0 samples). Connect an audio input that has sound.")
     peak = float(x.detach().abs().max())
-    if not peak >= SILENCE_PEAK:
-        raise ValueError(f"{what} is silent (peak {20 * math.log10(max(peak, 1e-12)):.0f} dBFS over "
-                         f"{x.shape[-1]} samples): there is no speech to lip-sync. Check the file and its channels, "
-                         "or the node that made it.")
-    return peak
+    if peak >= SILENCE_PEAK:
+        return None
+    return (f"{what} is silent (peak {20 * math.log10(max(peak, 1e-12)):.0f} dBFS over {x.shape[-1]} samples): "
+            "the video will show a listening face with a closed mouth. If it should hold speech, check the file, "
+            "its channels, or the node that made it.")

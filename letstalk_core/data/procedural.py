@@ -570,9 +570,9 @@ def add_synth_command(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--count", type=int, required=True, help="number of samples")
     p.add_argument("--seconds", type=float, required=True, help="length of each sample")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the procedural person, face and speech")
     p.add_argument("--size", type=int, default=64, help="frame size in pixels (multiple of 8, >= 32)")
-    p.add_argument("--fps", type=float, default=25.0)
+    p.add_argument("--fps", type=float, default=25.0, help="frame rate of the samples")
     p.add_argument("--workers", type=int, default=1, help="parallel processes")
     p.set_defaults(func=run_synth_command)
     return p

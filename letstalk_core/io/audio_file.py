@@ -1,6 +1,9 @@
 """Audio files through PyAV: decode any container PyAV reads to a float waveform, write PCM WAV.
 
-``load_audio`` returns ``(waveform [C, T] float32 in [-1, 1], sample_rate)``. Every sample format
+``load_audio`` returns ``(waveform [C, T] float32 in [-1, 1], sample_rate)``; :func:`read_audio` returns
+the same with the duration the container declares, so a caller can report a file that decodes to far
+less than it claims (:meth:`DecodedAudio.shortfall`: a truncated download or copy). A stream the
+decoder cannot read past (corrupt data) is an error, not a short track. Every sample format
 is converted exactly: integer formats are divided by their full scale (``s16 / 32768``,
 ``s32 / 2**31``, ``u8 -> (x - 128) / 128``), float formats are kept as they are, and packed
 (interleaved) frames are de-interleaved into channels.
@@ -16,6 +19,7 @@ to one frame, 1024 samples, of it).
 from __future__ import annotations
 
 import wave
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -66,13 +70,60 @@ def _open(path: Path, what: str):
         raise ValueError(f"Cannot read {what} '{path}': {exc}. Is it a media file PyAV/FFmpeg can decode?") from exc
 
 
+#: A decoded track shorter than this share of the declared duration (and by more than
+#: ``SHORTFALL_MIN_SECONDS``) is reported as truncated.
+SHORTFALL_RATIO = 0.9
+SHORTFALL_MIN_SECONDS = 0.25
+
+
+@dataclass
+class DecodedAudio:
+    """A decoded track: ``waveform`` ``[C, T]`` float32, ``rate`` in Hz, the file's path and the
+    duration its container declares (``None`` where it declares none)."""
+
+    waveform: torch.Tensor
+    rate: int
+    path: Path
+    declared_seconds: float | None
+
+    @property
+    def seconds(self) -> float:
+        return self.waveform.shape[-1] / self.rate
+
+    def shortfall(self) -> str | None:
+        """A warning when the file decodes to far less than its container declares, else ``None``."""
+        d = self.declared_seconds
+        if d is None or not (self.seconds < SHORTFALL_RATIO * d and d - self.seconds > SHORTFALL_MIN_SECONDS):
+            return None
+        return (f"'{self.path.name}' decodes to {self.seconds:.2f} s of audio, but its header declares {d:.2f} s: "
+                "the file is probably truncated (an interrupted download or copy). The video will cover only the "
+                f"{self.seconds:.2f} s that decode; use the complete file for the full length.")
+
+
+def _declared_seconds(container, stream) -> float | None:
+    """The duration the file declares for ``stream`` (stream header, else the container's when the
+    audio is its only stream: a video's container duration may be its picture's)."""
+    if stream.duration is not None and stream.time_base is not None and stream.duration > 0:
+        return float(stream.duration * stream.time_base)
+    if len(container.streams) == 1 and container.duration is not None and container.duration > 0:
+        return container.duration / 1_000_000  # AV_TIME_BASE
+    return None
+
+
 def load_audio(path) -> tuple[torch.Tensor, int]:
     """Decode the first audio stream of any audio or video file PyAV reads.
 
     Returns ``(waveform, sample_rate)`` with ``waveform`` a float32 tensor ``[channels, samples]``
     in [-1, 1]. Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for a file with
     no audio stream or one that cannot be decoded (the message names the file and FFmpeg's reason).
+    :func:`read_audio` also gives the declared duration, to report truncated files.
     """
+    decoded = read_audio(path)
+    return decoded.waveform, decoded.rate
+
+
+def read_audio(path) -> DecodedAudio:
+    """:func:`load_audio` with the declared duration (see :class:`DecodedAudio`)."""
     import av
 
     p = require_file(path, "Audio file")
@@ -94,15 +145,18 @@ def load_audio(path) -> tuple[torch.Tensor, int]:
                 rate = frame.sample_rate
                 chunks.append(_frame_to_float(frame))
         except av.FFmpegError as exc:
-            raise ValueError(f"Cannot decode the audio of '{p}': {exc}.") from exc
+            done = sum(c.shape[1] for c in chunks) / rate if rate else 0.0
+            raise ValueError(f"Cannot decode the audio of '{p}' past {done:.2f} s: {exc}. The file is damaged; "
+                             "re-export or re-download it (or convert it to WAV with another tool).") from exc
         if not chunks:
             raise ValueError(f"The audio stream of '{p}' holds no samples; give a file with sound.")
         waveform = np.concatenate(chunks, axis=1)
         declared = _declared_samples(container, stream, rate)
+        declared_seconds = _declared_seconds(container, stream)
     excess = waveform.shape[1] - declared if declared else 0
     if 0 < excess < chunks[-1].shape[1]:
         waveform = waveform[:, :declared]
-    return torch.from_numpy(np.ascontiguousarray(waveform)), int(rate)
+    return DecodedAudio(torch.from_numpy(np.ascontiguousarray(waveform)), int(rate), p, declared_seconds)
 
 
 def as_channels_first(waveform, name: str = "waveform") -> torch.Tensor:

@@ -182,7 +182,7 @@ def _atomic_save(obj, path: Path) -> None:
 def export_model(path: Path, config: LetsTalkConfig, ema: dict, dcae, cfg: TrainConfig, step: int) -> Path:
     """The EMA weights as a LetsTalk checkpoint with the DC-AE bundled and the training recipe in the
     metadata (``letstalk_training``)."""
-    from ..checkpoint import save_checkpoint
+    from ..checkpoint import recipe_metadata, save_checkpoint
     from ..dit.transformer import LetsTalkTransformer
 
     with torch.device("meta"):
@@ -191,7 +191,7 @@ def export_model(path: Path, config: LetsTalkConfig, ema: dict, dcae, cfg: Train
     shell.load_state_dict({k: v.cpu() for k, v in ema.items()})
     recipe = {"step": step, "train_config": json.loads(cfg.to_json())}
     tmp = path.with_name(path.name + ".tmp.safetensors")
-    save_checkpoint(tmp, config, shell, dcae=dcae, extra_metadata={"letstalk_training": json.dumps(recipe)})
+    save_checkpoint(tmp, config, shell, dcae=dcae, extra_metadata={"letstalk_training": json.dumps(recipe), **recipe_metadata(config)})
     os.replace(tmp, path)
     return path
 

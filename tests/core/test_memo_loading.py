@@ -135,7 +135,7 @@ def test_position_tables_may_be_absent(folder):
 
 def test_letstalk_checkpoint_is_not_a_memo_folder_and_back(folder, tmp_path):
     from letstalk_core.checkpoint import read_checkpoint
-    demo = Path(__file__).resolve().parents[2] / "models" / "letstalk-demo.safetensors"
+    demo = Path(__file__).resolve().parents[2] / "letstalk_core" / "models" / "letstalk-demo.safetensors"
     with pytest.raises(ValueError, match=r"is a LetsTalk checkpoint .*not a MEMO model folder"):
         open_memo_folder(demo)
     with pytest.raises(ValueError, match=r"is a MEMO model folder, not a LetsTalk checkpoint"):

@@ -179,11 +179,18 @@ def test_missing_model_file_is_a_clear_node_error(comfy, object_info):
     assert "letstalk" in err["exception_message"]  # says which folder to put it in
 
 
-def test_silent_audio_is_a_clear_node_error(comfy, object_info, tmp_path):
-    name = comfy.upload(_write_wav(tmp_path / "letstalk_silence.wav", 32000))
-    err = _bad_run(comfy, object_info, lambda api: node_of(api, "LoadAudio")["inputs"].update(audio=name))
-    assert err["node_type"] == "LetsTalkMemoryBankLoop"
-    assert "silent" in err["exception_message"]
+def test_silent_audio_runs_as_a_listening_clip_with_a_warning(comfy, object_info, tmp_path):
+    """A silent track is legitimate (a listening face), as in the CLI: the loop runs, and both the plan
+    (shown in the web panel before the run) and the node's result carry the warning."""
+    name = comfy.upload(_write_wav(tmp_path / "letstalk_silence.wav", 16000))  # 1 s at 16 kHz
+    plan = comfy.get(f"/letstalk/plan?audio={name}&ckpt=letstalk-demo.safetensors")
+    assert plan["frames"] == 25 and any("silent" in w for w in plan["warnings"]), plan
+    api = load_api("letstalk_long_video", object_info)
+    node_of(api, "LoadAudio")["inputs"].update(audio=name)
+    entry = comfy.wait(comfy.queue(api), timeout=300)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    texts = [t for out in entry["outputs"].values() for t in out.get("letstalk", [])]
+    assert any("25 frames" in t and "silent" in t for t in texts), texts
 
 
 def test_zero_length_audio_is_a_clear_node_error(comfy, object_info, tmp_path):
@@ -266,7 +273,7 @@ def test_dcae_loader_file_and_batch_round_trip(comfy):
     from letstalk_core.checkpoint import read_checkpoint
     from letstalk_core.loading import bundled_dcae
 
-    config, groups, _ = read_checkpoint(REPO / "models" / "letstalk-demo.safetensors")
+    config, groups, _ = read_checkpoint(REPO / "letstalk_core" / "models" / "letstalk-demo.safetensors")
     save_dcae(bundled_dcae(config, groups["dcae"]), config.dcae, comfy.dirs["models"] / "vae" / "letstalk_test_dcae.safetensors")
     api = {
         "1": {"class_type": "EmptyImage", "inputs": {"width": 96, "height": 64, "batch_size": 3, "color": 0x8040C0}},
