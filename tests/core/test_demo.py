@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -55,3 +56,25 @@ def test_shipped_demo_model_is_complete():
     assert recipe["step"] > 0 and recipe["provenance"]["commands"]
     assert recipe["provenance"]["train_data"]["seed"] != recipe["provenance"]["heldout_data"]["seed"]
     assert config.speech_encoder.kind == "mel"
+
+
+def test_the_wheel_ships_the_demo_model(tmp_path):
+    """`pip install .` or a wheel gives a package whose `letstalk demo` finds its model: it is package
+    data (pyproject [tool.setuptools.package-data]), located from the installed package."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    repo, src = Path(__file__).resolve().parents[2], tmp_path / "src"  # built from a copy: no build/ in the clone
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(repo / name, src / name)
+    shutil.copytree(repo / "letstalk_core", src / "letstalk_core", ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(src)],
+                   check=True, capture_output=True)
+    wheel = next(tmp_path.glob("*.whl"))
+    with zipfile.ZipFile(wheel) as z:
+        info = z.getinfo("letstalk_core/models/letstalk-demo.safetensors")
+    assert info.file_size == DEMO_MODEL.stat().st_size
+    assert DEMO_MODEL.parent.parent == Path(__import__("letstalk_core").__file__).parent
