@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from .runtime import add_threads_option, apply_threads, prepare_threads
+from .runtime import CoreShare, add_threads_option, apply_threads, prepare_threads
 
 DEMO_NAME = "demo"  # --checkpoint demo: the shipped demo model
 
@@ -128,8 +128,13 @@ def cmd_generate(a) -> int:
           f"device {gen.device}, {torch.get_num_threads()} threads"
           + (f"; resuming after clip {done}" if done else ""), file=sys.stderr)
     bar = tqdm(total=n_clips * steps, initial=done * steps, unit="step", desc="clips", dynamic_ncols=True)
+    share = CoreShare() if not a.threads else None  # --threads N: exactly N threads
+    current = {"clip": -1}
 
     def on_step(info) -> None:
+        if share and info.clip != current["clip"]:
+            current["clip"] = info.clip
+            share.update()
         bar.set_description(f"clip {info.clip + 1}/{info.clips} (memory {info.memory_frames} frames)")
         bar.update(1)
 

@@ -83,6 +83,7 @@ def run_demo_command(a) -> int:
     from .audio.waveform import frame_count
     from .pipeline import RECOMMENDED_MEMORY_ANCHOR, GenerationSettings, plan_clips, recommended_overlap, write_video
 
+    from .runtime import CoreShare
     from .validation import require_writable_file, require_writable_folder
 
     out = require_writable_folder(a.out, "demo output folder", "Choose another --out.")
@@ -101,8 +102,15 @@ def run_demo_command(a) -> int:
                                   memory_anchor=RECOMMENDED_MEMORY_ANCHOR if a.memory_anchor is None else a.memory_anchor)
     t0 = time.perf_counter()
     plan = plan_clips(frame_count(int(wave.shape[-1]), rate, cfg.video.fps), cfg.video.clip_frames, settings.overlap)
+    share = CoreShare() if not a.threads else None  # --threads N: exactly N threads
+
+    def on_clip(clip) -> None:
+        bar.update(1)
+        if share:
+            share.update()
+
     with tqdm(total=len(plan), desc="clips", unit="clip", dynamic_ncols=True) as bar:
-        prepared = write_video(gen, image, wave, rate, video, settings, on_clip=lambda clip: bar.update(1),
+        prepared = write_video(gen, image, wave, rate, video, settings, on_clip=on_clip,
                                metadata={"comment": f"LetsTalk demo, model {ckpt.name}"})
     took = time.perf_counter() - t0
     m = evaluate_video(video, clip_frames=cfg.video.clip_frames, overlap=settings.overlap, truth_mouth=np.asarray(truth.tracks["mouth_open"]),

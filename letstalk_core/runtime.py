@@ -8,6 +8,12 @@ at once, and both processes share the cores at about the cost of halving them. T
 the OpenMP runtime starts, i.e. when torch is imported, so :func:`prepare_threads` must run first; the
 CLI calls it before any command imports torch. A user's own ``OMP_WAIT_POLICY`` or ``OMP_NUM_THREADS``
 is respected.
+
+Passive waiting alone is not enough when the other process spins: a pool of one thread per core must
+wait at every barrier for its slowest thread, and a thread that lost its core to the other process
+holds up the whole operation for a time slice. :class:`CoreShare` therefore sizes the pool, between
+clips, to the cores the *other* processes left free over the last clip (from ``/proc/stat`` minus this
+process's own CPU time; Linux only, elsewhere the pool stays as it is).
 """
 from __future__ import annotations
 
@@ -30,6 +36,58 @@ def prepare_threads(threads: int = 0) -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if threads > 0:
         os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
+def _busy_jiffies() -> tuple[int, int] | None:
+    """(busy, total) CPU jiffies of the whole machine, or None where /proc/stat is unavailable."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def _own_cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+class CoreShare:
+    """Between clips, give torch as many threads as cores the other processes leave free.
+
+    ``update()`` looks at the machine since the previous call: the cores busy with other processes
+    (all busy time minus this process's own CPU time) and sets ``torch.set_num_threads`` to the rest,
+    at least 1 and at most ``max_threads``. A no-op where ``/proc/stat`` does not exist."""
+
+    def __init__(self, max_threads: int | None = None) -> None:
+        import torch
+
+        self.cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        self.max_threads = max_threads or torch.get_num_threads()
+        self.threads = self.max_threads
+        self._last = (_busy_jiffies(), _own_cpu_seconds())
+
+    def update(self) -> int:
+        import torch
+
+        now = (_busy_jiffies(), _own_cpu_seconds())
+        (prev, own0), (cur, own1) = self._last, now
+        self._last = now
+        if prev is None or cur is None or cur[1] <= prev[1]:
+            return self.threads
+        machine_cores = os.cpu_count() or self.cores
+        elapsed = (cur[1] - prev[1]) / machine_cores / os.sysconf("SC_CLK_TCK")  # wall seconds
+        if elapsed < 0.05:
+            return self.threads
+        busy_cores = (cur[0] - prev[0]) / os.sysconf("SC_CLK_TCK") / elapsed
+        others = max(0.0, busy_cores - (own1 - own0) / elapsed)
+        want = max(1, min(self.max_threads, round(self.cores - others)))
+        if want != self.threads:
+            torch.set_num_threads(want)
+            self.threads = want
+        return self.threads
 
 
 def apply_threads(threads: int = 0) -> None:

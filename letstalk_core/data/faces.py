@@ -8,8 +8,11 @@ in frame pixels (floats, ``x1``/``y1`` exclusive). Implementations:
 * :class:`HaarDetector`: OpenCV's frontal-face Haar cascade (``pip install opencv-python-headless``).
 * :class:`OnnxDetector`: any single-output ONNX face detector following the contract documented on
   the class (``pip install onnxruntime``).
+* ``letstalk_core.face.analysis.ScrfdDetector``: insightface's SCRFD (``scrfd_10g_bnkps.onnx``, the
+  detector of MEMO's face analysis), decoded exactly as insightface does (``pip install onnxruntime``).
 
-:func:`make_detector` builds one from a command-line spec (``none``, ``haar``, ``onnx:/path/model.onnx``).
+:func:`make_detector` builds one from a command-line spec (``none``, ``haar``, ``onnx:/path/model.onnx``,
+``scrfd:/path/scrfd.onnx``, ``memo:/path/to/memo`` (the SCRFD model in MEMO's folder)).
 :func:`crop_box_for_video` turns the detections of a few sampled frames into ONE box for the
 whole video (a fixed crop, so the head moves inside it as in the training data of the paper), and
 :func:`crop_and_resize` applies it.
@@ -38,7 +41,7 @@ __all__ = [
 ]
 
 Box = tuple[float, float, float, float, float]  # x0, y0, x1, y1, score (frame pixels)
-DETECTOR_SPECS = "none, haar or onnx:/path/to/model.onnx"
+DETECTOR_SPECS = "none, haar or onnx:/path/to/model.onnx, scrfd:/path/to/scrfd.onnx or memo:/path/to/memo"
 
 
 @runtime_checkable
@@ -176,7 +179,9 @@ class OnnxDetector:
 
 
 def make_detector(spec: str) -> FaceDetector:
-    """``"none"`` → :class:`NoDetector`, ``"haar"`` → :class:`HaarDetector`, ``"onnx:PATH"`` → :class:`OnnxDetector`."""
+    """``"none"`` → :class:`NoDetector`, ``"haar"`` → :class:`HaarDetector`, ``"onnx:PATH"`` → :class:`OnnxDetector`,
+    ``"scrfd:PATH"`` → SCRFD (``letstalk_core.face.analysis.ScrfdDetector``), ``"memo:FOLDER"`` → the SCRFD model
+    of a MEMO folder (``misc/face_analysis/models/scrfd_10g_bnkps.onnx``)."""
     if not isinstance(spec, str):
         raise TypeError(f"detector spec must be a string ({DETECTOR_SPECS}), got {spec!r}.")
     if spec == "none":
@@ -185,6 +190,12 @@ def make_detector(spec: str) -> FaceDetector:
         return HaarDetector()
     if spec.startswith("onnx:") and len(spec) > 5:
         return OnnxDetector(spec[5:])
+    for prefix in ("scrfd:", "memo:"):
+        if spec.startswith(prefix) and len(spec) > len(prefix):
+            from ..face.analysis import ScrfdDetector
+
+            path = spec[len(prefix):]
+            return ScrfdDetector(path) if prefix == "scrfd:" else ScrfdDetector.from_folder(path)
     raise ValueError(f"unknown face detector {spec!r}; use {DETECTOR_SPECS}.")
 
 
