@@ -178,9 +178,13 @@ class GenerationState:
     settings), so it cannot resume a different run by mistake."""
 
     next_clip: int
-    memory: torch.Tensor
+    memory: torch.Tensor | dict[str, torch.Tensor]  # LetsTalk: latent frames; MEMO: the linear-attention state
     fingerprint: str
     tail: torch.Tensor | None = None
+
+    def nbytes(self) -> int:
+        tensors = self.memory.values() if isinstance(self.memory, dict) else [self.memory]
+        return sum(t.numel() * t.element_size() for t in [*tensors, *([self.tail] if self.tail is not None else [])])
 
     def save(self, path) -> Path:
         from safetensors.torch import save_file
@@ -188,7 +192,10 @@ class GenerationState:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        tensors = {"memory": self.memory.detach().cpu().contiguous()}
+        if isinstance(self.memory, dict):
+            tensors = {f"memory/{k}": v.detach().cpu().contiguous() for k, v in self.memory.items()}
+        else:
+            tensors = {"memory": self.memory.detach().cpu().contiguous()}
         if self.tail is not None:
             tensors["tail"] = self.tail.detach().cpu().contiguous()
         save_file(tensors, str(tmp),
@@ -204,8 +211,13 @@ class GenerationState:
             meta = f.metadata() or {}
             if "next_clip" not in meta or "fingerprint" not in meta:
                 raise ValueError(f"'{path}' is not a LetsTalk generation state file.")
-            tail = f.get_tensor("tail") if "tail" in f.keys() else None
-            return cls(int(meta["next_clip"]), f.get_tensor("memory"), meta["fingerprint"], tail)
+            keys = list(f.keys())
+            tail = f.get_tensor("tail") if "tail" in keys else None
+            if "memory" in keys:
+                memory = f.get_tensor("memory")
+            else:
+                memory = {k[len("memory/"):]: f.get_tensor(k) for k in keys if k.startswith("memory/")}
+            return cls(int(meta["next_clip"]), memory, meta["fingerprint"], tail)
 
 
 @dataclass
@@ -396,29 +408,31 @@ class LetsTalkGenerator:
 
     def iter_clips(self, prepared: PreparedInputs, settings: GenerationSettings, *, state: GenerationState | None = None,
                    on_step: Callable[[StepInfo], None] | None = None) -> Iterator[tuple[ClipPlan, torch.Tensor, GenerationState]]:
-        """Yield ``(clip, latents, state after the clip)`` for every clip from ``state`` on. ``latents``
-        ``[1, C, clip.emitted, h, w]`` are the finished output frames ``[clip.start, clip.start +
-        clip.emitted)``: the clip's head crossfaded with the previous clip's tail, its tail held back."""
-        fp = self.fingerprint(prepared, settings)
-        plan = self.plan(prepared, settings)
-        portrait_memory = initial_memory(prepared.portrait_latent, self.config.memory.frames)
-        memory, tail, first = portrait_memory, None, 0
-        if state is not None:
-            if state.fingerprint != fp:
-                raise ValueError("this saved state belongs to another run (different model, portrait, audio or "
-                                 "settings); delete it or resume with the exact same inputs.")
-            memory, first = state.memory.to(self.device, torch.float32), state.next_clip
-            tail = None if state.tail is None else state.tail.to(self.device, torch.float32)
-        for clip in plan[first:]:
-            given = anchor_memory(memory, portrait_memory, settings.memory_anchor)
-            latents = self.sample_clip(prepared, clip, given, settings, on_step)
-            out = latents[:, :, :clip.emitted]
-            if clip.head:
-                out = torch.cat([crossfade(tail, out[:, :, :clip.head]), out[:, :, clip.head:]], dim=2)
-            tail = latents[:, :, clip.emitted:clip.frames] if clip.tail else None
-            memory = update_memory(memory, out) if settings.use_memory else portrait_memory
-            yield clip, out, GenerationState(clip.index + 1, memory.detach().cpu(), fp,
-                                             None if tail is None else tail.detach().cpu())
+        """See :func:`run_clips` (the loop every model family shares)."""
+        return run_clips(self, prepared, settings, state=state, on_step=on_step)
+
+    # --- the family interface of run_clips ----------------------------------------------------------
+    def start_memory(self, prepared: PreparedInputs, settings: GenerationSettings) -> torch.Tensor:
+        """Clip 0's memory: the portrait latent repeated (§1.7)."""
+        return initial_memory(prepared.portrait_latent, self.config.memory.frames)
+
+    def clip_memory(self, prepared: PreparedInputs, memory: torch.Tensor, settings: GenerationSettings) -> torch.Tensor:
+        """The memory a clip is sampled with: the bank, with the portrait share of ``memory_anchor``."""
+        portrait = initial_memory(prepared.portrait_latent, self.config.memory.frames)
+        return anchor_memory(memory, portrait, settings.memory_anchor)
+
+    def remember(self, prepared: PreparedInputs, memory: torch.Tensor, out: torch.Tensor, clip: ClipPlan,
+                 settings: GenerationSettings) -> torch.Tensor:
+        """The memory after a clip: FIFO of the last clean latents (or the portrait, memory off)."""
+        if not settings.use_memory:
+            return self.start_memory(prepared, settings)
+        return update_memory(memory, out)
+
+    def memory_to_state(self, memory: torch.Tensor) -> torch.Tensor:
+        return memory.detach().cpu()
+
+    def memory_from_state(self, stored: torch.Tensor) -> torch.Tensor:
+        return stored.to(self.device, torch.float32)
 
     @torch.no_grad()
     def decode_clip(self, latents: torch.Tensor, clip: ClipPlan, chunk: int) -> Iterator[torch.Tensor]:
@@ -442,6 +456,54 @@ class LetsTalkGenerator:
             if on_state is not None:
                 on_state(new_state)
         return prepared
+
+
+class ClipFamily(Protocol):
+    """What differs between model families (LetsTalk: :class:`LetsTalkGenerator`; MEMO:
+    :class:`letstalk_core.unet.generator.MemoGenerator`); :func:`run_clips` is the loop they share.
+
+    ``memory`` is the family's own: LetsTalk's latent frames, MEMO's linear-attention state."""
+
+    device: torch.device
+
+    def plan(self, prepared, settings: GenerationSettings) -> list[ClipPlan]: ...
+    def fingerprint(self, prepared, settings: GenerationSettings) -> str: ...
+    def start_memory(self, prepared, settings: GenerationSettings): ...
+    def clip_memory(self, prepared, memory, settings: GenerationSettings): ...
+    def sample_clip(self, prepared, clip: ClipPlan, memory, settings: GenerationSettings,
+                    on_step: Callable[[StepInfo], None] | None = None) -> torch.Tensor: ...
+    def remember(self, prepared, memory, out: torch.Tensor, clip: ClipPlan, settings: GenerationSettings): ...
+    def memory_to_state(self, memory): ...
+    def memory_from_state(self, stored): ...
+
+
+def run_clips(family: ClipFamily, prepared, settings: GenerationSettings, *, state: GenerationState | None = None,
+              on_step: Callable[[StepInfo], None] | None = None) -> Iterator[tuple[ClipPlan, torch.Tensor, GenerationState]]:
+    """The long-video loop of every family: yield ``(clip, latents, state after the clip)`` for every
+    clip from ``state`` on. ``latents`` ``[1, C, clip.emitted, h, w]`` are the finished output frames
+    ``[clip.start, clip.start + clip.emitted)``: the clip's head crossfaded with the previous clip's
+    tail, its tail held back. The memory is updated after every clip but the last."""
+    fp = family.fingerprint(prepared, settings)
+    plan = family.plan(prepared, settings)
+    memory, tail, first = None, None, 0
+    if state is not None:
+        if state.fingerprint != fp:
+            raise ValueError("this saved state belongs to another run (different model, portrait, audio or "
+                             "settings); delete it or resume with the exact same inputs.")
+        memory, first = family.memory_from_state(state.memory), state.next_clip
+        tail = None if state.tail is None else state.tail.to(family.device, torch.float32)
+    if memory is None:
+        memory = family.start_memory(prepared, settings)
+    for clip in plan[first:]:
+        latents = family.sample_clip(prepared, clip, family.clip_memory(prepared, memory, settings), settings, on_step)
+        out = latents[:, :, :clip.emitted]
+        if clip.head:
+            out = torch.cat([crossfade(tail, out[:, :, :clip.head]), out[:, :, clip.head:]], dim=2)
+        tail = latents[:, :, clip.emitted:clip.frames] if clip.tail else None
+        if clip.index + 1 < len(plan):
+            memory = family.remember(prepared, memory, out, clip, settings)
+        yield clip, out, GenerationState(clip.index + 1, family.memory_to_state(memory), fp,
+                                         None if tail is None else tail.detach().cpu())
 
 
 def open_video(path, fps, waveform, sample_rate: int, overlap: int, *, metadata: dict[str, str] | None = None,
