@@ -47,12 +47,26 @@ def checkpoint_path(value: str) -> Path:
 def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="make a talking video from a portrait and a speech track",
                        description="Make a talking video from a portrait and a speech track of any length.")
-    p.add_argument("--checkpoint", required=True, help="LetsTalk checkpoint (.safetensors), or 'demo' for the shipped demo model")
+    p.add_argument("--checkpoint", required=True,
+                   help="LetsTalk checkpoint (.safetensors), 'demo' for the shipped demo model, or a MEMO model folder "
+                        "(memoavatar/memo: reference_net/, diffusion_net/, image_proj/, audio_proj/, misc/)")
     p.add_argument("--image", required=True, help="portrait image (png, jpg, webp, ...)")
     p.add_argument("--audio", required=True, help="speech audio, or a video with sound (wav, mp3, flac, m4a, mp4, ...)")
     p.add_argument("--out", required=True, help="output .mp4")
     p.add_argument("--dcae", help="DC-AE weights, when the checkpoint does not bundle them")
-    p.add_argument("--speech-encoder", help="wav2vec2 weights, when the model uses wav2vec2 and does not bundle them")
+    p.add_argument("--vae", help="MEMO: the Stable Diffusion VAE (sd-vae-ft-mse folder or file)")
+    p.add_argument("--speech-encoder", help="wav2vec2 weights, when the model uses wav2vec2 and does not bundle them "
+                                            "(MEMO: wav2vec2-base-960h, folder or file)")
+    p.add_argument("--emotion", default="auto",
+                   help="MEMO: 'auto' (from the speech, needs --emotion-encoder) or one emotion for the whole video: "
+                        "angry, disgusted, fearful, happy, neutral, other, sad, surprised, unknown")
+    p.add_argument("--emotion-encoder", help="MEMO: emotion2vec_plus_large model.pt (for --emotion auto)")
+    p.add_argument("--allow-no-face", action="store_true",
+                   help="MEMO: where no face is found, use MEMO's zero face embedding instead of stopping")
+    p.add_argument("--fps", type=float, default=None, help="MEMO: frame rate of the video (default: MEMO's 30)")
+    p.add_argument("--size", type=int, default=512, help="MEMO: frame side in pixels (MEMO was trained at 512)")
+    p.add_argument("--cfg-scale", type=float, default=None,
+                   help="MEMO: its one guidance scale over all conditions (default: MEMO's 3.5)")
     p.add_argument("--sampler", default=None,
                    help="ddim, ddpm or euler (flow models); default: the checkpoint's recorded recipe, else ddim for "
                         "DDPM models and euler for flow models")
@@ -98,7 +112,8 @@ def cmd_generate(a) -> int:
     from .validation import require_file, require_writable_file
 
     checkpoint = checkpoint_path(a.checkpoint)
-    require_file(checkpoint, "checkpoint")
+    if not checkpoint.is_dir():
+        require_file(checkpoint, "checkpoint")
     out = require_writable_file(a.out, "output video", "Choose another --out.")
     store = ClipStore(a.resume_dir) if a.resume_dir else None  # checks that the folder is writable
     image = load_image(a.image)
@@ -107,17 +122,34 @@ def cmd_generate(a) -> int:
     for warning in (audio.shortfall(), silence_warning(waveform, f"The audio '{audio.path.name}'")):
         if warning:
             print(f"letstalk: warning: {warning}", file=sys.stderr)
-    gen = load_generator(checkpoint, dcae_path=a.dcae, speech_encoder_path=a.speech_encoder, device=a.device, dtype=a.dtype)
+    memo = checkpoint.is_dir()
+    if memo:
+        from .unet.generator import emotion_source, load_memo_generator, portrait_face_embedding
+
+        gen = load_memo_generator(checkpoint, vae=a.vae, speech_encoder=a.speech_encoder, device=a.device,
+                                  dtype=a.dtype, fps=a.fps, size=a.size)
+        if a.sampler not in (None, "euler"):
+            raise ValueError(f"MEMO samples with Euler steps of rectified flow; --sampler {a.sampler} does not apply.")
+        emotions = emotion_source(a.emotion, a.emotion_encoder, gen)
+        face = portrait_face_embedding(image, checkpoint, allow_missing=a.allow_no_face)
+    else:
+        gen = load_generator(checkpoint, dcae_path=a.dcae, speech_encoder_path=a.speech_encoder, device=a.device,
+                             dtype=a.dtype)
     recipe = gen.recipe
     steps = recipe.steps if a.steps is None else a.steps
     sampler = recipe.sampler if a.sampler is None else a.sampler
+    default_overlap = 0 if memo else recommended_overlap(gen.config.video.clip_frames)  # MEMO: its own plan
     settings = GenerationSettings(sampler=sampler, steps=steps, seed=a.seed,
                                   guidance=GuidanceScales(portrait=a.portrait_scale, audio=a.audio_scale, memory=a.memory_scale),
                                   use_memory=not a.no_memory,
-                                  overlap=recommended_overlap(gen.config.video.clip_frames) if a.overlap is None else a.overlap,
-                                  memory_anchor=RECOMMENDED_MEMORY_ANCHOR if a.memory_anchor is None else a.memory_anchor)
+                                  overlap=default_overlap if a.overlap is None else a.overlap,
+                                  memory_anchor=RECOMMENDED_MEMORY_ANCHOR if a.memory_anchor is None else a.memory_anchor,
+                                  cfg_scale=a.cfg_scale)
     t0 = time.perf_counter()
-    prepared = gen.prepare(image, waveform, rate, size_mode=a.size_mode)
+    if memo:
+        prepared = gen.prepare(image, waveform, rate, face_embedding=face, emotions=emotions, size_mode=a.size_mode)
+    else:
+        prepared = gen.prepare(image, waveform, rate, size_mode=a.size_mode)
     fp = gen.fingerprint(prepared, settings)
     state = store.load_state(fp) if store else None
     done = state.next_clip if state else 0

@@ -85,6 +85,7 @@ class GenerationSettings:
     use_memory: bool = True
     overlap: int = 0
     memory_anchor: float = 0.0
+    cfg_scale: float | None = None  # MEMO: its one guidance scale over all conditions (None: the recipe's 3.5)
 
     def __post_init__(self) -> None:
         if isinstance(self.overlap, bool) or not isinstance(self.overlap, int) or self.overlap < 0:
