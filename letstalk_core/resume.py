@@ -56,8 +56,14 @@ class ClipStore:
         state never points past a clip on disk). Waits for the previous clip's write first: at most one
         clip is in flight, and a failed write surfaces at the next clip."""
         arr = self.to_uint8(frames)
-        state = GenerationState(state.next_clip, state.memory.detach().cpu().clone(), state.fingerprint,
-                                None if state.tail is None else state.tail.detach().cpu().clone())
+
+        def snapshot(t: torch.Tensor) -> torch.Tensor:  # the loop may reuse its buffers: copy what is in flight
+            return t.detach().to("cpu", copy=True)
+
+        memory = ({k: snapshot(v) for k, v in state.memory.items()} if isinstance(state.memory, dict)
+                  else snapshot(state.memory))
+        state = GenerationState(state.next_clip, memory, state.fingerprint,
+                                None if state.tail is None else snapshot(state.tail))
         self.flush()
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="letstalk-resume")
