@@ -106,10 +106,18 @@ def speech_encoder_for(model: LoadedModel, speech):
                      f"{type(speech).__name__}.")
 
 
+def require_letstalk(model, node: str) -> None:
+    """Nodes that work on one LetsTalk stage at a time refuse a MEMO model with what to use instead."""
+    if getattr(model, "family", "letstalk") == "memo":
+        raise ValueError(f"{node} works with LetsTalk checkpoints; a MEMO model runs through LetsTalk Memory Bank "
+                         "Loop (connect the MEMO loader's model there).")
+
+
 def make_generator(model: LoadedModel, dcae: LoadedDCAE | None = None, speech=None):
     """A core generator over the loaded parts, after model management has put them on the device."""
     from ..letstalk_core.pipeline import LetsTalkGenerator
 
+    require_letstalk(model, "this node")
     dcae, speech = resolve_parts(model, dcae, speech)
     encoder, speech_patcher = speech_encoder_for(model, speech)
     host.load_to_device(model.patcher, dcae.patcher, speech_patcher)
@@ -117,6 +125,53 @@ def make_generator(model: LoadedModel, dcae: LoadedDCAE | None = None, speech=No
     if encoder.model is not None:
         encoder.model.to(device)
     return LetsTalkGenerator(model.config, model.transformer, dcae.module, encoder, device=device, dtype=model.dtype)
+
+
+MEMO_PARTS = ("reference_net", "diffusion_net", "image_proj", "audio_proj", "emotion_classifier")
+
+
+def memo_wav2vec2(speech):
+    """The wav2vec2 module of a MEMO loader's speech handle (ours or ComfyUI's AUDIO_ENCODER) and its patcher."""
+    from .types import LoadedSpeech
+
+    if isinstance(speech, LoadedSpeech) and speech.wav2vec2 is not None:
+        return speech.wav2vec2, speech.patcher
+    if hasattr(speech, "get_sd") and hasattr(speech, "encode_audio"):
+        from ..letstalk_core.audio.wav2vec2 import load_wav2vec2
+
+        module = load_wav2vec2(speech.get_sd()).eval()
+        return module, host.patcher_for(module)
+    raise ValueError("MEMO needs wav2vec2-base-960h: pick it in the MEMO loader's encoder_name, or connect LetsTalk "
+                     "Speech Encoder Loader / Load Audio Encoder to its speech_encoder.")
+
+
+def make_memo_generator(model):
+    """A core :class:`MemoGenerator` over a :class:`LoadedMemo`, its networks placed by model management."""
+    from ..letstalk_core.unet.generator import MemoGenerator
+
+    wav2vec2, speech_patcher = memo_wav2vec2(model.speech)
+    needed = MEMO_PARTS if model.emotion2vec else MEMO_PARTS[:-1]
+    for name in needed:
+        if name not in model.patchers:
+            model.patchers[name] = host.patcher_for(getattr(model.models, name))
+    host.load_to_device(*(model.patchers[n] for n in needed), model.patchers["vae"], speech_patcher)
+    device = model.patchers["diffusion_net"].load_device
+    wav2vec2.to(device)
+    model.models.device = device
+    return MemoGenerator(model.models, model.vae, wav2vec2, config=model.config, device=device, dtype=model.dtype)
+
+
+def memo_conditions(model, generator, image, emotion: str, allow_no_face: bool) -> dict:
+    """The face embedding (the MEMO folder's SCRFD + ArcFace through onnxruntime) and the emotion source
+    of the portrait ``[3, H, W]`` in [-1, 1], as :meth:`MemoGenerator.prepare` takes them."""
+    from ..letstalk_core.unet.generator import emotion_source, portrait_face_embedding
+
+    if "face" not in model.patchers:
+        from ..letstalk_core.face.analysis import FaceAnalyzer
+
+        model.patchers["face"] = FaceAnalyzer.from_folder(model.folder)
+    face = portrait_face_embedding(image, model.patchers["face"], allow_missing=allow_no_face)
+    return {"face_embedding": face, "emotions": emotion_source(emotion, model.emotion2vec, generator)}
 
 
 def preview_decoder(generator):
@@ -128,7 +183,11 @@ def preview_decoder(generator):
     def decode(latents):
         from ..letstalk_core.autoencoder.dc_ae import iter_decode
 
-        img = next(iter_decode(generator.dcae, latents[0, :, :1].transpose(0, 1).float(), chunk_size=1))
+        first = latents[0, :, :1].transpose(0, 1).float()
+        if getattr(generator, "vae", None) is not None:  # MEMO: the SD VAE
+            img = generator.vae.decode(first.to(generator.vae_dtype), chunk_size=1)
+        else:
+            img = next(iter_decode(generator.dcae, first, chunk_size=1))
         arr = ((img[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
         return Image.fromarray(arr)
 

@@ -37,7 +37,7 @@ class LetsTalkAudioEncoder(io.ComfyNode):
     def execute(cls, model, audio, fps=0.0, speech_encoder=None) -> io.NodeOutput:
         import dataclasses
 
-
+        common.require_letstalk(model, "LetsTalk Audio Encoder (features for the Linear DiT Sampler)")
         wave, rate = common.audio_waveform(audio)
         common.warn_if_silent(wave)
         config = model.config

@@ -1,13 +1,15 @@
 """Face Crop and Paste Back: any photo in, the talking face composited back into it out."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from comfy_api.latest import io
 
 from . import common, host
 from .types import socket_types
 
 _, _, _, _, FaceBoxType = socket_types()
-DETECTORS = ["manual", "haar", "whole image"]
+DETECTORS = ["manual", "haar", "scrfd (MEMO)", "whole image"]
 
 
 class LetsTalkFaceCrop(io.ComfyNode):
@@ -23,7 +25,9 @@ class LetsTalkFaceCrop(io.ComfyNode):
                 io.Image.Input("photo", tooltip="The photo (first image of the batch is used)."),
                 io.Combo.Input("detector", options=DETECTORS, default="manual",
                                tooltip="manual: the box below. haar: OpenCV's frontal-face detector (needs "
-                                       "opencv-python-headless installed). whole image: the largest centred square."),
+                                       "opencv-python-headless installed). scrfd (MEMO): the SCRFD detector of a MEMO "
+                                       "folder in models/memo (needs onnxruntime), the one MEMO finds faces with. "
+                                       "whole image: the largest centred square."),
                 io.Float.Input("center_x", default=0.5, min=0.0, max=1.0, step=0.005,
                                tooltip="manual: the face's centre, as a fraction of the photo's width."),
                 io.Float.Input("center_y", default=0.4, min=0.0, max=1.0, step=0.005,
@@ -32,7 +36,7 @@ class LetsTalkFaceCrop(io.ComfyNode):
                                tooltip="manual: the square's side as a fraction of the photo's short side "
                                        "(take in hair and chin)."),
                 io.Float.Input("scale", default=1.6, min=1.0, max=4.0, step=0.05,
-                               tooltip="haar: enlarge the detected face box this much (hair, chin, motion room)."),
+                               tooltip="haar, scrfd: enlarge the detected face box this much (hair, chin, motion room)."),
                 io.Int.Input("size", default=64, min=32, max=2048, step=32,
                              tooltip="Side of the crop in pixels: the model's size (64 for the demo model, 512 for "
                                      "the paper's)."),
@@ -63,10 +67,37 @@ class LetsTalkFaceCrop(io.ComfyNode):
                                  "Python, or use detector 'manual'.") from e
             rgb = ((image[0] + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
             box = face_box(det.detect(np.ascontiguousarray(rgb)), w, h, scale=scale)
+        elif detector == "scrfd (MEMO)":
+            rgb = ((image[0] + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
+            boxes = _scrfd().detect(np.ascontiguousarray(rgb))
+            if not boxes:
+                raise ValueError("SCRFD found no face in the photo: use detector 'manual' with a box around the head.")
+            box = face_box(boxes, w, h, scale=scale)
         else:
             raise ValueError(f"detector must be one of {DETECTORS}; got {detector!r}.")
         face = crop_face(image, box, size)
         return io.NodeOutput(common.core_to_image(face), box)
+
+
+def _scrfd():
+    """The SCRFD detector of the first MEMO folder in models/memo that has one (loaded once)."""
+    global _SCRFD
+    if _SCRFD is None:
+        from ..letstalk_core.face.analysis import SCRFD_FILE, ScrfdDetector
+
+        for root in host.folder_paths_for(host.MEMO_FOLDER):
+            for path in sorted(Path(root).glob(f"*/misc/face_analysis/models/{SCRFD_FILE}")):
+                _SCRFD = ScrfdDetector(path)
+                break
+            if _SCRFD is not None:
+                break
+        else:
+            raise ValueError(f"no MEMO folder with misc/face_analysis/models/{SCRFD_FILE} in models/memo: download "
+                             "memoavatar/memo there, or use detector 'manual'.")
+    return _SCRFD
+
+
+_SCRFD = None
 
 
 class LetsTalkPasteBack(io.ComfyNode):

@@ -14,6 +14,7 @@ PACK_DIR = Path(__file__).resolve().parent.parent
 DEMO_MODELS_DIR = PACK_DIR / "letstalk_core" / "models"  # package data: the wheel ships it too
 DEMO_MODEL = "letstalk-demo.safetensors"
 MODEL_FOLDER = "letstalk"  # ComfyUI/models/letstalk
+MEMO_FOLDER = "memo"  # ComfyUI/models/memo/<MEMO folder>
 EVENT = "letstalk.progress"  # websocket event for web/letstalk.js
 
 
@@ -28,6 +29,19 @@ def register_folders() -> None:
     paths = folder_paths.folder_names_and_paths[MODEL_FOLDER][0]
     if str(DEMO_MODELS_DIR) not in paths:
         paths.append(str(DEMO_MODELS_DIR))
+    default = os.path.join(folder_paths.models_dir, MEMO_FOLDER)  # folders of folders: listed by nodes/memo.py
+    if MEMO_FOLDER not in folder_paths.folder_names_and_paths:
+        folder_paths.folder_names_and_paths[MEMO_FOLDER] = ([default], set())
+    elif default not in folder_paths.folder_names_and_paths[MEMO_FOLDER][0]:
+        folder_paths.folder_names_and_paths[MEMO_FOLDER][0].append(default)
+
+
+def folder_paths_for(folder: str) -> list[str]:
+    """The paths registered for a model folder (empty when ComfyUI does not know it)."""
+    import folder_paths
+
+    entry = folder_paths.folder_names_and_paths.get(folder)
+    return list(entry[0]) if entry else []
 
 
 def model_files(folder: str, *, extensions: tuple[str, ...] = (".safetensors", ".sft")) -> list[str]:

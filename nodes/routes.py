@@ -21,12 +21,18 @@ def read_config(ckpt_path: str):
     return LetsTalkConfig.from_json(meta[CONFIG_KEY])
 
 
-def plan(audio_path: str, ckpt_path: str, overlap: int = 0) -> dict:
+def plan(audio_path: str, ckpt_path: str | None, overlap: int = 0, memo_fps: float | None = None) -> dict:
+    """The clip plan of a loop run: for a LetsTalk checkpoint, or (``memo_fps``) for MEMO at that fps."""
     from ..letstalk_core.audio.waveform import frame_count, silence_warning
     from ..letstalk_core.io.audio_file import read_audio
     from ..letstalk_core.pipeline import max_overlap, plan_clips
 
-    config = read_config(ckpt_path)
+    if memo_fps is not None:
+        from ..letstalk_core.unet.generator import MemoConfig, MemoVideo
+
+        config = MemoConfig(video=MemoVideo(fps=float(memo_fps)))
+    else:
+        config = read_config(ckpt_path)
     audio = read_audio(audio_path)
     wave, rate = audio.waveform, audio.rate
     warnings = [w for w in (audio.shortfall(), silence_warning(wave, "The audio")) if w]
@@ -94,6 +100,16 @@ def _add_route(server, web) -> None:
             if not audio or not folder_paths.exists_annotated_filepath(audio):
                 return web.json_response({"error": f"audio file '{audio}' not found in the input folder"}, status=404)
             audio_path = folder_paths.get_annotated_filepath(audio)
+            memo_fps = request.query.get("memo_fps", "")
+            if memo_fps:
+                try:
+                    fps = float(memo_fps)
+                except ValueError:
+                    raise ValueError(f"memo_fps must be a number, got {memo_fps!r}") from None
+                if not fps > 0:
+                    raise ValueError(f"memo_fps must be > 0, got {fps}")
+                result = await asyncio.get_running_loop().run_in_executor(None, plan, audio_path, None, overlap, fps)
+                return web.json_response(result)
             ckpt_path = host.model_path(host.MODEL_FOLDER, ckpt, "LetsTalk checkpoint")
             result = await asyncio.get_running_loop().run_in_executor(None, plan, audio_path, ckpt_path, overlap)
             return web.json_response(result)

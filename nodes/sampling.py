@@ -10,20 +10,28 @@ Model, DCAE, Speech, Features, _ = socket_types()
 SAMPLERS = ["auto", "euler", "ddim", "ddpm"]
 
 
+def _emotions() -> list[str]:
+    from ..letstalk_core.audio.emotion import EMOTION_CLASSES
+
+    return list(EMOTION_CLASSES)
+
+
 def _sampling_inputs(default_steps: int) -> list:
     return [
         io.Combo.Input("sampler", options=SAMPLERS, default="auto",
                        tooltip="auto: Euler for rectified-flow models (the demo model), DDIM for DDPM models."),
         io.Int.Input("steps", default=default_steps, min=1, max=1000,
-                     tooltip="Denoising steps per clip. The demo model is good at 10."),
+                     tooltip="Denoising steps per clip. The demo model is good at 10; MEMO's recipe is 20."),
         io.Int.Input("seed", default=0, min=0, max=2**63 - 1, control_after_generate=True,
                      tooltip="Noise seed. Each clip draws its own noise from (seed, clip index), so any clip can be "
                              "re-made alone and a resumed run equals an uninterrupted one."),
         io.Float.Input("portrait_guidance", default=1.0, min=0.0, max=30.0, step=0.05,
                        tooltip="Portrait guidance scale s_p (1 = off). Above 1 pushes appearance toward the portrait; "
-                               "costs one extra batched branch."),
+                               "costs one extra batched branch. LetsTalk models only (MEMO has one scale: "
+                               "audio_guidance)."),
         io.Float.Input("audio_guidance", default=1.0, min=0.0, max=30.0, step=0.05,
-                       tooltip="Audio guidance scale s_a (1 = off). Above 1 exaggerates lip motion."),
+                       tooltip="Audio guidance scale s_a (1 = off). Above 1 exaggerates lip motion. MEMO: its one "
+                               "guidance scale over all conditions (3.5 in its recipe)."),
     ]
 
 
@@ -77,6 +85,7 @@ class LetsTalkSampler(io.ComfyNode):
         from ..letstalk_core.memory import initial_memory, update_memory
         from ..letstalk_core.pipeline import LetsTalkGenerator
 
+        common.require_letstalk(model, "LetsTalk Linear DiT Sampler (one clip of a LetsTalk model)")
         if not isinstance(audio_features, AudioFeatures):
             raise ValueError("connect LetsTalk Audio Encoder to 'audio_features'.")
         if abs(audio_features.fps - model.config.video.fps) > 1e-6:
@@ -120,7 +129,8 @@ class LetsTalkMemoryBankLoop(io.ComfyNode):
                         "before (LetsTalk memory bank), decoded in chunks. The video has exactly ceil(seconds × fps) "
                         "frames; wire images, audio and fps into Create Video → Save Video.",
             inputs=[
-                Model.Input("model", tooltip="LetsTalk Model Loader output (the demo model works with nothing else)."),
+                Model.Input("model", tooltip="LetsTalk Model Loader (the demo model works with nothing else) or LetsTalk "
+                                             "MEMO Loader output."),
                 io.Image.Input("portrait", tooltip="The face photo, ideally a square head-and-shoulders crop (LetsTalk "
                                                    "Face Crop makes one from any photo). Centre-cropped to the model's size."),
                 io.Audio.Input("audio", tooltip="The speech track, any length."),
@@ -138,16 +148,24 @@ class LetsTalkMemoryBankLoop(io.ComfyNode):
                              tooltip="Frames consecutive clips share: each clip starts this many frames before the "
                                      "previous one ends and the shared frames are crossfaded, so a seam becomes a short "
                                      "blend. 4 (a quarter of a 16-frame clip) makes the demo model's seams as smooth as "
-                                     "its motion, for a third more sampling. 0: the paper's side-by-side clips. At most "
-                                     "(clip_frames - 1) // 2."),
+                                     "its motion, for a third more sampling. 0: the paper's side-by-side clips (and "
+                                     "MEMO's). At most (clip_frames - 1) // 2."),
                 io.Float.Input("memory_anchor", default=0.2, min=0.0, max=1.0, step=0.05,
                                tooltip="Share of the portrait mixed into each clip's memory. The model's own small errors "
                                        "otherwise pile up clip after clip (the face slowly decays over a minute); 0.2 keeps "
                                        "a long run as clean as its first seconds. 0: the paper's memory; 1: every clip "
-                                       "starts from the portrait."),
+                                       "starts from the portrait. LetsTalk models only (MEMO's memory is its attention "
+                                       "state)."),
                 DCAE.Input("dcae", optional=True, tooltip="Optional: another DC-AE. Empty: the one bundled with the model."),
                 io.MultiType.Input("speech_encoder", types=[Speech, io.AudioEncoder], optional=True,
                                    tooltip="Optional: a wav2vec2 encoder. Empty: the model's own speech front end."),
+                io.Combo.Input("emotion", options=["auto", *_emotions()], default="auto", optional=True,
+                               tooltip="MEMO: the face's emotion. auto: read from the speech, second by second (needs "
+                                       "emotion2vec in the MEMO loader); or one emotion for the whole video. LetsTalk "
+                                       "models ignore it."),
+                io.Boolean.Input("allow_no_face", default=False, optional=True,
+                                 tooltip="MEMO: where no face is found in the portrait, use MEMO's zero face embedding "
+                                         "(identity is then not conditioned) instead of stopping with an error."),
             ],
             outputs=[
                 io.Image.Output("images", tooltip="All frames, ceil(seconds × fps) of them, held in RAM (about 3 MB a "
@@ -165,7 +183,8 @@ class LetsTalkMemoryBankLoop(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, portrait, audio, sampler, steps, seed, portrait_guidance, audio_guidance,
-                use_memory=True, decode_chunk=8, resume_folder="", overlap=4, memory_anchor=0.2, dcae=None, speech_encoder=None) -> io.NodeOutput:
+                use_memory=True, decode_chunk=8, resume_folder="", overlap=4, memory_anchor=0.2, dcae=None,
+                speech_encoder=None, emotion="auto", allow_no_face=False) -> io.NodeOutput:
         import torch
 
         from ..letstalk_core.resume import ClipStore
@@ -173,11 +192,19 @@ class LetsTalkMemoryBankLoop(io.ComfyNode):
         wave, rate = common.audio_waveform(audio)
         silent = common.warn_if_silent(wave)
         image = common.image_to_core(portrait, "portrait")[:1]
-        settings = _settings(sampler, steps, seed, portrait_guidance, audio_guidance,
+        memo = getattr(model, "family", "letstalk") == "memo"
+        if memo and sampler not in ("auto", "euler"):
+            raise ValueError(f"MEMO samples with Euler steps of rectified flow; set sampler to auto or euler (got {sampler}).")
+        settings = _settings("euler" if memo else sampler, steps, seed, portrait_guidance, audio_guidance,
                              decode_chunk=int(decode_chunk), use_memory=bool(use_memory), overlap=int(overlap),
-                             memory_anchor=float(memory_anchor))
-        gen = common.make_generator(model, dcae, speech_encoder)
-        prepared = gen.prepare(image[0], wave, rate)
+                             memory_anchor=float(memory_anchor), cfg_scale=float(audio_guidance) if memo else None)
+        if memo:
+            gen = common.make_memo_generator(model)
+            prepared = gen.prepare(image[0], wave, rate,
+                                   **common.memo_conditions(model, gen, image[0], emotion, bool(allow_no_face)))
+        else:
+            gen = common.make_generator(model, dcae, speech_encoder)
+            prepared = gen.prepare(image[0], wave, rate)
         plan = gen.plan(prepared, settings)  # refuses an overlap too large for the model's clips
         cfg = model.config
         n, h, w = prepared.num_frames, cfg.video.height, cfg.video.width

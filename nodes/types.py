@@ -35,6 +35,28 @@ class LoadedModel:
 
 
 @dataclass
+class LoadedMemo:
+    """A MEMO model folder (models/memo/<name>): its networks (each wrapped in a patcher when first
+    loaded), the SD VAE and wav2vec2 it runs with, and where its face-analysis and emotion2vec files are.
+    ``config`` is a :class:`letstalk_core.unet.generator.MemoConfig` (fps, clip length, memory frames)."""
+
+    name: str
+    folder: Any  # Path of the MEMO folder
+    config: Any
+    models: Any  # letstalk_core.unet.loading.MemoModels (on the CPU until placed)
+    dtype: Any
+    vae: Any  # letstalk_core.autoencoder.sd_vae.SDVAE
+    speech: Any  # LoadedSpeech or ComfyUI's AUDIO_ENCODER
+    emotion2vec: Any = None  # path of emotion2vec_plus_large, or None
+    patchers: dict = field(default_factory=dict)
+    family: str = "memo"
+
+    def describe(self) -> str:
+        v = self.config.video
+        return f"{self.name}: MEMO, {v.width}×{v.height} at {v.fps:g} fps, clips of {v.clip_frames}"
+
+
+@dataclass
 class LoadedDCAE:
     name: str
     module: Any

@@ -31,7 +31,9 @@ function planKey(node) {
   const audio = widgetValue(audioNode, "audio");
   const ckpt = widgetValue(modelNode, "ckpt_name") ?? "";
   const overlap = Number(widgetValue(node, "overlap") ?? 0);
-  return audio ? { audio: String(audio), ckpt: String(ckpt), overlap } : null;
+  // LetsTalk MEMO Loader: MEMO's clips (16 frames, 16 past frames) at the loader's fps.
+  const memoFps = widgetValue(modelNode, "memo_folder") != null ? Number(widgetValue(modelNode, "fps") ?? 30) : null;
+  return audio ? { audio: String(audio), ckpt: String(ckpt), overlap, memoFps } : null;
 }
 
 function formatPlan(p) {
@@ -111,7 +113,7 @@ function ensurePanel(node) {
 async function refreshPlan(node) {
   const state = ensurePanel(node);
   const key = planKey(node);
-  const k = key ? `${key.audio}|${key.ckpt}|${key.overlap}` : "";
+  const k = key ? `${key.audio}|${key.ckpt}|${key.overlap}|${key.memoFps}` : "";
   if (k === state.key) return;
   state.key = k;
   if (!key) {
@@ -122,7 +124,7 @@ async function refreshPlan(node) {
   setText(node, "planEl", "plan: reading audio…");
   try {
     const res = await api.fetchApi(`/letstalk/plan?audio=${encodeURIComponent(key.audio)}&ckpt=${encodeURIComponent(key.ckpt)}` +
-      `&overlap=${encodeURIComponent(key.overlap)}`);
+      `&overlap=${encodeURIComponent(key.overlap)}` + (key.memoFps ? `&memo_fps=${encodeURIComponent(key.memoFps)}` : ""));
     const body = await res.json();
     if (state.key !== k) return; // changed while we waited
     if (!res.ok) {

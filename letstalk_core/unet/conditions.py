@@ -35,14 +35,18 @@ def memo_frame_counts(samples: int, fps: float, clip_frames: int) -> tuple[int, 
 
 
 @torch.no_grad()
-def memo_speech_features(encoder: Wav2Vec2Encoder, wave16k: torch.Tensor, fps: float, clip_frames: int
-                         ) -> tuple[torch.Tensor, int]:
+def memo_speech_features(encoder: Wav2Vec2Encoder, wave16k: torch.Tensor, fps: float, clip_frames: int, *,
+                         frames: int | None = None) -> tuple[torch.Tensor, int]:
     """``(features [padded_frames, layers, hidden] float32 on the CPU, frames)`` for a mono 16 kHz
-    waveform, exactly as ``preprocess_audio`` (without its optional vocal separator)."""
+    waveform, exactly as ``preprocess_audio`` (without its optional vocal separator). ``frames``
+    overrides the count taken from the 16 kHz length (the pipeline counts ``ceil(S·fps)`` on the
+    original samples; for 16 kHz input both agree)."""
     if not isinstance(encoder, Wav2Vec2Encoder):
         raise TypeError(f"MEMO needs a wav2vec2 encoder (wav2vec2-base-960h), got {type(encoder).__name__}.")
     wave = normalize_waveform(wave16k.to(torch.float32).reshape(-1))
-    frames, padded = memo_frame_counts(wave.shape[0], fps, clip_frames)
+    counted, _ = memo_frame_counts(wave.shape[0], fps, clip_frames)
+    frames = counted if frames is None else int(frames)
+    padded = frames + (-frames) % clip_frames
     if padded != frames:
         wave = F.pad(wave, (0, (padded - frames) * (TARGET_SAMPLE_RATE // int(fps))))
     p = next(encoder.parameters())

@@ -23,7 +23,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from ..audio.waveform import prepare_waveform
+from ..audio.waveform import frame_count, prepare_waveform
 from ..audio.windows import frame_windows_range
 from ..diffusion.samplers import sample_euler
 from ..memory.linear_state import LinearAttentionMemory
@@ -127,7 +127,8 @@ class MemoGenerator:
         ``(wave16k, padded_frames) -> labels`` (``letstalk_core.audio.emotion.emotion_labels``)."""
         v = self.config.video
         wave16k = prepare_waveform(waveform, sample_rate)
-        features, frames = memo_speech_features(self.speech_encoder, wave16k, v.fps, v.clip_frames)
+        frames = frame_count(int(waveform.shape[-1]), int(sample_rate), v.fps)  # ceil(S·fps), as every family
+        features, frames = memo_speech_features(self.speech_encoder, wave16k, v.fps, v.clip_frames, frames=frames)
         padded = features.shape[0]
         if callable(emotions):
             labels = emotions(wave16k, padded).to(torch.long).reshape(-1)

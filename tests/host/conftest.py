@@ -173,11 +173,12 @@ def start_comfy(work: Path, links: list[str], extra_args: list[str] = ()) -> Com
     dirs = {k: work / k for k in ("input", "output", "temp", "user", "models")}
     for d in dirs.values():
         d.mkdir()
-    for sub in ("letstalk", "vae", "audio_encoders"):
+    for sub in ("letstalk", "vae", "audio_encoders", "memo"):
         (dirs["models"] / sub).mkdir()
     yaml = work / "extra_paths.yaml"
     yaml.write_text(f"letstalk_tests:\n  base_path: {work}\n  custom_nodes: custom_nodes\n"
-                    f"  letstalk: models/letstalk\n  vae: models/vae\n  audio_encoders: models/audio_encoders\n")
+                    f"  letstalk: models/letstalk\n  vae: models/vae\n  audio_encoders: models/audio_encoders\n"
+                    f"  memo: models/memo\n")
     port = free_port()
     log = work / "comfyui.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -1,0 +1,117 @@
+"""The MEMO loader: a MEMO folder from models/memo (the published memoavatar/memo layout) with the SD
+VAE and wav2vec2 it runs with, as a MODEL the Memory Bank Loop takes like a LetsTalk checkpoint. No
+download, ever: the README says which files go where."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from comfy_api.latest import io
+
+from . import common, host
+from .types import LoadedMemo, socket_types
+
+Model, _, Speech, _, _ = socket_types()
+DTYPES = ["auto", "fp32", "bf16", "fp16"]
+MEMO_FOLDER = host.MEMO_FOLDER  # ComfyUI/models/memo/<name>/{reference_net,diffusion_net,image_proj,audio_proj,misc}
+NO_EMOTION2VEC = "(none: pick an emotion in the loop)"
+
+
+def memo_folders() -> list[str]:
+    """The MEMO folders under every models/memo path (folders that look like MEMO's layout)."""
+    from ..letstalk_core.unet.loading import looks_like_memo_folder
+
+    names = []
+    for root in host.folder_paths_for(MEMO_FOLDER):
+        base = Path(root)
+        if base.is_dir():
+            names += [d.name for d in sorted(base.iterdir()) if d.is_dir() and looks_like_memo_folder(d)]
+    return sorted(set(names))
+
+
+def memo_folder_path(name: str) -> Path:
+    for root in host.folder_paths_for(MEMO_FOLDER):
+        p = Path(root) / name
+        if p.is_dir():
+            return p
+    where = ", ".join(host.folder_paths_for(MEMO_FOLDER))
+    raise FileNotFoundError(f"MEMO folder '{name}' was not found in {where}. Download memoavatar/memo there (its "
+                            "reference_net, diffusion_net, image_proj, audio_proj and misc folders) and refresh the page.")
+
+
+class LetsTalkMemoLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LetsTalkMemoLoader",
+            display_name="LetsTalk MEMO Loader",
+            category="LetsTalk/loaders",
+            description="Loads a MEMO model folder (memoavatar/memo) from models/memo, with the Stable Diffusion VAE "
+                        "and wav2vec2-base-960h it runs with, for the Memory Bank Loop: real photos talking for "
+                        "minutes. Each network loads when first used.",
+            inputs=[
+                io.Combo.Input("memo_folder", options=memo_folders() or ["(none found)"],
+                               tooltip="A MEMO folder in models/memo (reference_net/, diffusion_net/, image_proj/, "
+                                       "audio_proj/, misc/)."),
+                io.Combo.Input("vae_name", options=host.model_files("vae") or ["(none found)"],
+                               tooltip="The SD VAE MEMO uses (sd-vae-ft-mse) from models/vae; a VAE connected "
+                                       "below is used instead."),
+                io.Combo.Input("encoder_name", options=host.model_files("audio_encoders") or ["(none found)"],
+                               tooltip="wav2vec2-base-960h from models/audio_encoders; a speech encoder connected "
+                                       "below is used instead."),
+                io.Combo.Input("emotion2vec", options=[NO_EMOTION2VEC, *host.model_files(
+                                   "audio_encoders", extensions=(".pt", ".safetensors"))], default=NO_EMOTION2VEC,
+                               tooltip="emotion2vec_plus_large's model.pt in models/audio_encoders, for the loop's "
+                                       "emotion 'auto' (the emotion read from the speech)."),
+                io.Combo.Input("weight_dtype", options=DTYPES, default="auto",
+                               tooltip="Precision of the networks. auto: bf16 on GPUs that run it well, fp32 on CPU."),
+                io.Float.Input("fps", default=30.0, min=1.0, max=120.0, step=0.5,
+                               tooltip="Frame rate of the video (MEMO's is 30)."),
+                io.Int.Input("size", default=512, min=64, max=1024, step=8,
+                             tooltip="Frame side in pixels (MEMO was trained at 512; the portrait is cropped square)."),
+                io.Vae.Input("vae", optional=True, tooltip="ComfyUI's Load VAE output (an SD 1.x VAE), instead of "
+                                                           "vae_name."),
+                io.MultiType.Input("speech_encoder", types=[Speech, io.AudioEncoder], optional=True,
+                                   tooltip="LetsTalk Speech Encoder Loader or the native Load Audio Encoder "
+                                           "(wav2vec2-base-960h), instead of encoder_name."),
+            ],
+            outputs=[Model.Output("model", tooltip="MEMO, for the Memory Bank Loop.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, **kwargs):
+        return True  # missing files end as clear node errors that say where to put them
+
+    @classmethod
+    def execute(cls, memo_folder, vae_name, encoder_name, emotion2vec=NO_EMOTION2VEC, weight_dtype="auto", fps=30.0,
+                size=512, vae=None, speech_encoder=None) -> io.NodeOutput:
+        from ..letstalk_core.autoencoder.sd_vae import load_sd_vae
+        from ..letstalk_core.unet.generator import MemoConfig, MemoVideo
+        from ..letstalk_core.unet.loading import load_memo
+        from .types import LoadedSpeech
+
+        if weight_dtype not in DTYPES:
+            raise ValueError(f"weight_dtype must be one of {DTYPES}; got {weight_dtype!r}.")
+        folder = memo_folder_path(memo_folder)
+        dtype = host.weight_dtype(weight_dtype, host.torch_device())
+        models = load_memo(folder, device="cpu", dtype=dtype)  # checks every part's config and tensors now
+        if vae is not None:
+            sd = vae.get_sd() if hasattr(vae, "get_sd") else vae.first_stage_model.state_dict()
+            module = load_sd_vae(sd, dtype=dtype)
+        else:
+            module = load_sd_vae(host.model_path("vae", vae_name, "SD VAE (sd-vae-ft-mse)"), dtype=dtype)
+        if speech_encoder is None:
+            from ..letstalk_core.audio.wav2vec2 import load_wav2vec2
+
+            path = host.model_path("audio_encoders", encoder_name, "speech encoder (wav2vec2-base-960h)")
+            w2v = load_wav2vec2(path).eval()
+            speech_encoder = LoadedSpeech(encoder_name, w2v, host.patcher_for(w2v))
+        e2v = None
+        if emotion2vec and emotion2vec != NO_EMOTION2VEC:
+            e2v = host.model_path("audio_encoders", emotion2vec, "emotion2vec_plus_large file")
+        config = MemoConfig(video=MemoVideo(width=int(size), height=int(size), fps=float(fps)))
+        loaded = LoadedMemo(memo_folder, folder, config, models, dtype, module, speech_encoder, e2v,
+                            {"vae": host.patcher_for(module, vae=True)})
+        return io.NodeOutput(loaded, ui=common.done_ui(f"loaded MEMO {memo_folder}"))
+
+
+NODES = [LetsTalkMemoLoader]
