@@ -78,9 +78,11 @@ def test_memo_workflow_runs_as_shipped(comfy, object_info, tmp_path):
 
 def test_memo_cancel_within_one_step_and_resume_equals_an_uninterrupted_run(comfy, object_info, tmp_path):
     install_tiny_memo(comfy, tmp_path)
-    full = _video(comfy, comfy.wait(comfy.queue(memo_graph(object_info, steps=3, prefix="letstalk/memo_full")),
-                                     timeout=1200))
-    api = memo_graph(object_info, steps=3, resume="letstalk/memo_resume", prefix="letstalk/memo_resumed")
+    _speech_wav(tmp_path / "speech_4.wav", 4)
+    audio = comfy.upload(tmp_path / "speech_4.wav", "letstalk_memo_speech_4s.wav")  # 120 frames: 8 clips
+    full = _video(comfy, comfy.wait(comfy.queue(memo_graph(object_info, audio=audio, steps=3,
+                                                           prefix="letstalk/memo_full")), timeout=1200))
+    api = memo_graph(object_info, audio=audio, steps=3, resume="letstalk/memo_resume", prefix="letstalk/memo_resumed")
     res = asyncio.run(_run_and_cancel(comfy, copy.deepcopy(api), cancel_after=3 * 4 + 2))  # inside clip 5
     print(f"MEMO cancel: {res}")
     assert res["event"] == "execution_interrupted", res
