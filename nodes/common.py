@@ -161,17 +161,18 @@ def make_memo_generator(model):
     return MemoGenerator(model.models, model.vae, wav2vec2, config=model.config, device=device, dtype=model.dtype)
 
 
-def memo_conditions(model, generator, image, emotion: str, allow_no_face: bool) -> dict:
-    """The face embedding (the MEMO folder's SCRFD + ArcFace through onnxruntime) and the emotion source
-    of the portrait ``[3, H, W]`` in [-1, 1], as :meth:`MemoGenerator.prepare` takes them."""
+def memo_conditions(model, generator, image) -> dict:
+    """The face embedding (the MEMO folder's SCRFD + ArcFace through onnxruntime) of the portrait
+    ``[3, H, W]`` in [-1, 1] and the emotion source chosen in the MEMO loader, as
+    :meth:`MemoGenerator.prepare` takes them."""
     from ..letstalk_core.unet.generator import emotion_source, portrait_face_embedding
 
     if "face" not in model.patchers:
         from ..letstalk_core.face.analysis import FaceAnalyzer
 
         model.patchers["face"] = FaceAnalyzer.from_folder(model.folder)
-    face = portrait_face_embedding(image, model.patchers["face"], allow_missing=allow_no_face)
-    return {"face_embedding": face, "emotions": emotion_source(emotion, model.emotion2vec, generator)}
+    face = portrait_face_embedding(image, model.patchers["face"], allow_missing=model.allow_no_face)
+    return {"face_embedding": face, "emotions": emotion_source(model.emotion, model.emotion2vec, generator)}
 
 
 def preview_decoder(generator):

@@ -13,7 +13,13 @@ from .types import LoadedMemo, socket_types
 Model, _, Speech, _, _ = socket_types()
 DTYPES = ["auto", "fp32", "bf16", "fp16"]
 MEMO_FOLDER = host.MEMO_FOLDER  # ComfyUI/models/memo/<name>/{reference_net,diffusion_net,image_proj,audio_proj,misc}
-NO_EMOTION2VEC = "(none: pick an emotion in the loop)"
+NO_EMOTION2VEC = "(none: pick an emotion below)"
+
+
+def _emotions() -> list[str]:
+    from ..letstalk_core.audio.emotion import EMOTION_CLASSES
+
+    return list(EMOTION_CLASSES)
 
 
 def memo_folders() -> list[str]:
@@ -68,6 +74,13 @@ class LetsTalkMemoLoader(io.ComfyNode):
                                tooltip="Frame rate of the video (MEMO's is 30)."),
                 io.Int.Input("size", default=512, min=64, max=1024, step=8,
                              tooltip="Frame side in pixels (MEMO was trained at 512; the portrait is cropped square)."),
+                io.Combo.Input("emotion", options=["auto", *_emotions()], default="auto",
+                               tooltip="The face's emotion. auto: read from the speech, second by second, one label "
+                                       "per clip as MEMO does (needs emotion2vec above); or one emotion for the whole "
+                                       "video."),
+                io.Boolean.Input("allow_no_face", default=False,
+                                 tooltip="Where no face is found in the portrait, use MEMO's zero face embedding "
+                                         "(identity is then not conditioned) instead of stopping with an error."),
                 io.Vae.Input("vae", optional=True, tooltip="ComfyUI's Load VAE output (an SD 1.x VAE), instead of "
                                                            "vae_name."),
                 io.MultiType.Input("speech_encoder", types=[Speech, io.AudioEncoder], optional=True,
@@ -83,7 +96,7 @@ class LetsTalkMemoLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, memo_folder, vae_name, encoder_name, emotion2vec=NO_EMOTION2VEC, weight_dtype="auto", fps=30.0,
-                size=512, vae=None, speech_encoder=None) -> io.NodeOutput:
+                size=512, emotion="auto", allow_no_face=False, vae=None, speech_encoder=None) -> io.NodeOutput:
         from ..letstalk_core.autoencoder.sd_vae import load_sd_vae
         from ..letstalk_core.unet.generator import MemoConfig, MemoVideo
         from ..letstalk_core.unet.loading import load_memo
@@ -108,9 +121,12 @@ class LetsTalkMemoLoader(io.ComfyNode):
         e2v = None
         if emotion2vec and emotion2vec != NO_EMOTION2VEC:
             e2v = host.model_path("audio_encoders", emotion2vec, "emotion2vec_plus_large file")
+        from ..letstalk_core.audio.emotion import emotion_choice
+
+        emotion_choice(emotion, e2v)  # 'auto' without emotion2vec: say what to download now, not mid-run
         config = MemoConfig(video=MemoVideo(width=int(size), height=int(size), fps=float(fps)))
-        loaded = LoadedMemo(memo_folder, folder, config, models, dtype, module, speech_encoder, e2v,
-                            {"vae": host.patcher_for(module, vae=True)})
+        loaded = LoadedMemo(memo_folder, folder, config, models, dtype, module, speech_encoder, e2v, emotion,
+                            bool(allow_no_face), {"vae": host.patcher_for(module, vae=True)})
         return io.NodeOutput(loaded, ui=common.done_ui(f"loaded MEMO {memo_folder}"))
 
 

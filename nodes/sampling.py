@@ -10,12 +10,6 @@ Model, DCAE, Speech, Features, _ = socket_types()
 SAMPLERS = ["auto", "euler", "ddim", "ddpm"]
 
 
-def _emotions() -> list[str]:
-    from ..letstalk_core.audio.emotion import EMOTION_CLASSES
-
-    return list(EMOTION_CLASSES)
-
-
 def _sampling_inputs(default_steps: int) -> list:
     return [
         io.Combo.Input("sampler", options=SAMPLERS, default="auto",
@@ -159,13 +153,6 @@ class LetsTalkMemoryBankLoop(io.ComfyNode):
                 DCAE.Input("dcae", optional=True, tooltip="Optional: another DC-AE. Empty: the one bundled with the model."),
                 io.MultiType.Input("speech_encoder", types=[Speech, io.AudioEncoder], optional=True,
                                    tooltip="Optional: a wav2vec2 encoder. Empty: the model's own speech front end."),
-                io.Combo.Input("emotion", options=["auto", *_emotions()], default="auto", optional=True,
-                               tooltip="MEMO: the face's emotion. auto: read from the speech, second by second (needs "
-                                       "emotion2vec in the MEMO loader); or one emotion for the whole video. LetsTalk "
-                                       "models ignore it."),
-                io.Boolean.Input("allow_no_face", default=False, optional=True,
-                                 tooltip="MEMO: where no face is found in the portrait, use MEMO's zero face embedding "
-                                         "(identity is then not conditioned) instead of stopping with an error."),
             ],
             outputs=[
                 io.Image.Output("images", tooltip="All frames, ceil(seconds × fps) of them, held in RAM (about 3 MB a "
@@ -184,7 +171,7 @@ class LetsTalkMemoryBankLoop(io.ComfyNode):
     @classmethod
     def execute(cls, model, portrait, audio, sampler, steps, seed, portrait_guidance, audio_guidance,
                 use_memory=True, decode_chunk=8, resume_folder="", overlap=4, memory_anchor=0.2, dcae=None,
-                speech_encoder=None, emotion="auto", allow_no_face=False) -> io.NodeOutput:
+                speech_encoder=None) -> io.NodeOutput:
         import torch
 
         from ..letstalk_core.resume import ClipStore
@@ -201,7 +188,7 @@ class LetsTalkMemoryBankLoop(io.ComfyNode):
         if memo:
             gen = common.make_memo_generator(model)
             prepared = gen.prepare(image[0], wave, rate,
-                                   **common.memo_conditions(model, gen, image[0], emotion, bool(allow_no_face)))
+                                   **common.memo_conditions(model, gen, image[0]))
         else:
             gen = common.make_generator(model, dcae, speech_encoder)
             prepared = gen.prepare(image[0], wave, rate)

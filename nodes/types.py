@@ -48,6 +48,8 @@ class LoadedMemo:
     vae: Any  # letstalk_core.autoencoder.sd_vae.SDVAE
     speech: Any  # LoadedSpeech or ComfyUI's AUDIO_ENCODER
     emotion2vec: Any = None  # path of emotion2vec_plus_large, or None
+    emotion: str = "auto"  # "auto" (from the speech, needs emotion2vec) or one of MEMO's 9 classes
+    allow_no_face: bool = False  # no face found: MEMO's zero face embedding instead of an error
     patchers: dict = field(default_factory=dict)
     family: str = "memo"
 

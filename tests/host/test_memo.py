@@ -45,10 +45,10 @@ def memo_graph(object_info, *, audio: str = "letstalk_demo_speech.flac", fps: fl
     node_of(api, "LoadImage")["inputs"]["image"] = "letstalk_test_face.png"
     node_of(api, "LoadAudio")["inputs"]["audio"] = audio
     node_of(api, "LetsTalkMemoLoader")["inputs"].update(memo_folder=MEMO_NAME, vae_name=VAE_NAME, encoder_name=W2V_NAME,
-                                                        emotion2vec="(none: pick an emotion in the loop)",
-                                                        weight_dtype="fp32", fps=fps, size=SIZE)
+                                                        emotion2vec="(none: pick an emotion below)",
+                                                        weight_dtype="fp32", fps=fps, size=SIZE, emotion="happy")
     node_of(api, "LetsTalkFaceCrop")["inputs"].update(size=SIZE)
-    node_of(api, "LetsTalkMemoryBankLoop")["inputs"].update(steps=steps, seed=7, emotion="happy", resume_folder=resume)
+    node_of(api, "LetsTalkMemoryBankLoop")["inputs"].update(steps=steps, seed=7, resume_folder=resume)
     node_of(api, "SaveVideo")["inputs"]["filename_prefix"] = prefix
     return api
 
