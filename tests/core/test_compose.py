@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from letstalk_core.audio.waveform import require_audible
+from letstalk_core.audio.waveform import silence_warning
 from letstalk_core.compose import FaceBox, crop_face, face_box, feather_mask, manual_box, paste_back, paste_back_bytes
 from tests.core.helpers import portrait, speech_like, tiny_generator
 
@@ -73,14 +73,12 @@ def test_paste_back_refuses_another_photo():
     assert paste_back_bytes(1500, 1920, 1080) == 1500 * 1920 * 1080 * 12
 
 
-def test_require_audible():
-    assert require_audible(torch.tensor([[0.0, 0.5, -0.25]])) == 0.5
-    with pytest.raises(ValueError, match="silent"):
-        require_audible(torch.zeros(1, 16000))
-    with pytest.raises(ValueError, match="silent"):
-        require_audible(torch.full((1, 100), 1e-6))
+def test_silence_is_a_warning_and_empty_audio_an_error():
+    assert silence_warning(torch.tensor([[0.0, 0.5, -0.25]])) is None
+    assert "silent" in silence_warning(torch.zeros(1, 16000)) and "listening" in silence_warning(torch.zeros(1, 16000))
+    assert "-120 dBFS" in silence_warning(torch.full((1, 100), 1e-6))
     with pytest.raises(ValueError, match="empty"):
-        require_audible(torch.zeros(1, 0))
+        silence_warning(torch.zeros(1, 0))
 
 
 def test_split_preparation_equals_prepare():
