@@ -207,6 +207,8 @@ def cmd_info(a) -> int:
     from .loading import load_transformer
 
     path = checkpoint_path(a.checkpoint)
+    if path.is_dir():
+        return memo_info(path, a.json)
     config, groups, meta = read_checkpoint(path)
     model = load_transformer(config, groups["dit"])
     recipe = inference_recipe(config, meta)
@@ -235,6 +237,39 @@ def cmd_info(a) -> int:
         if k not in ("letstalk_config", "letstalk_training", "letstalk_format", INFERENCE_KEY):
             print(f"{k}: {v if len(v) <= 200 else v[:197] + '...'}")
     print("(letstalk info --json prints the full config and training recipe)")
+    return 0
+
+
+def memo_info(path: Path, as_json: bool) -> int:
+    """``letstalk info <MEMO folder>``: the folder checked (configs and headers), what it holds, the recipe."""
+    import json
+
+    from .unet.generator import MemoConfig
+    from .unet.loading import describe_memo_folder, open_memo_folder
+
+    info = describe_memo_folder(open_memo_folder(path))
+    recipe = MemoConfig()
+    info["recipe"] = {"size": recipe.video.width, "fps": recipe.video.fps, "clip_frames": recipe.video.clip_frames,
+                      "past_frames": recipe.memory.frames, "steps": recipe.steps, "cfg_scale": recipe.cfg_scale,
+                      "sampler": "euler (rectified flow)"}
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"MEMO folder: {path} (every part's config and tensors checked)")
+    total = 0
+    for name, p in info["parts"].items():
+        total += p["parameters"]
+        print(f"  {name:26} {p['parameters'] / 1e6:10.2f} M parameters, {'/'.join(p['dtypes'])}, "
+              f"{p['file_bytes'] / 2**20:9.1f} MiB")
+    print(f"  {'total':26} {total / 1e9:10.3f} B parameters")
+    faces = info["face_models"]
+    print("face analysis (misc/face_analysis/models): " + ", ".join(
+        f"{m} {'present' if ok else 'MISSING'}" for m, ok in faces.items()))
+    r = info["recipe"]
+    print(f"recipe: {r['size']}² at {r['fps']:g} fps, clips of {r['clip_frames']}, memory of {r['past_frames']} past "
+          f"frames, {r['steps']} {r['sampler']} steps, CFG {r['cfg_scale']}")
+    print("runs with: --vae (sd-vae-ft-mse), --speech-encoder (wav2vec2-base-960h), and for --emotion auto "
+          "--emotion-encoder (emotion2vec_plus_large); see the README's MEMO section")
     return 0
 
 
@@ -303,8 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="letstalk", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
-    p = sub.add_parser("info", help="describe a checkpoint")
-    p.add_argument("checkpoint", help="a LetsTalk checkpoint (.safetensors), or 'demo'")
+    p = sub.add_parser("info", help="describe a checkpoint or a MEMO folder")
+    p.add_argument("checkpoint", help="a LetsTalk checkpoint (.safetensors), 'demo', or a MEMO model folder")
     p.add_argument("--json", action="store_true", help="print everything, with the full config and training recipe, as JSON")
     p = sub.add_parser("init", help="write an UNTRAINED model of a preset (to try the pipeline)")
     p.add_argument("--preset", default="tiny", help="preset name (letstalk params lists them)")

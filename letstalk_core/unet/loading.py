@@ -250,6 +250,23 @@ class MemoFolder:
         return module.eval()
 
 
+def describe_memo_folder(folder: MemoFolder) -> dict:
+    """What a checked MEMO folder holds, from its configs and headers (no weight is read): per part the
+    parameter count, the file's dtypes and size, and which face-analysis models are present."""
+    import math
+
+    parts = {}
+    for name, part in folder.parts.items():
+        params = sum(math.prod(shape) for shape, _ in part.header.values())
+        parts[name] = {"parameters": params, "dtypes": sorted({d for _, d in part.header.values()}),
+                       "file_bytes": part.weights.stat().st_size, "tensors": len(part.header)}
+    d = folder.diffusion_config
+    return {"folder": str(folder.path), "parts": parts,
+            "diffusion_net": {"block_out_channels": list(d.block_out_channels),
+                              "cross_attention_dim": d.cross_attention_dim},
+            "face_models": folder.face_models}
+
+
 def open_memo_folder(path) -> MemoFolder:
     """Check a MEMO folder (configs and safetensors headers of every network part) and return it."""
     p = Path(path).expanduser()

@@ -188,3 +188,17 @@ def test_cli_resume_equals_an_uninterrupted_run(tiny, tmp_path):
     assert _cli(tiny, tmp_path / "resumed.mp4", "--emotion", "happy", "--resume-dir", str(tmp_path / "run")) == 0
     assert torch.equal(read_video_frames(full), read_video_frames(tmp_path / "resumed.mp4"))
     assert not (tmp_path / "run").exists()
+
+
+def test_info_describes_a_memo_folder(tiny, capsys):
+    import json
+
+    assert main(["info", str(tiny["memo"])]) == 0
+    text = capsys.readouterr().out
+    assert "MEMO folder" in text and "diffusion_net" in text and "scrfd_10g_bnkps.onnx present" in text
+    assert "16 past frames" in text and "20 euler" in text
+    assert main(["info", str(tiny["memo"]), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert set(info["parts"]) == {"reference_net", "diffusion_net", "image_proj", "audio_proj",
+                                  "audio_emotion_classifier"}
+    assert info["parts"]["image_proj"]["parameters"] > 0 and info["recipe"]["steps"] == 20
