@@ -57,8 +57,10 @@ class ClipStore:
         clip is in flight, and a failed write surfaces at the next clip."""
         arr = self.to_uint8(frames)
 
-        def snapshot(t: torch.Tensor) -> torch.Tensor:  # the loop may reuse its buffers: copy what is in flight
-            return t.detach().to("cpu", copy=True)
+        def snapshot(t: torch.Tensor) -> torch.Tensor:
+            # The loop replaces its memory and tail tensors each clip and never writes into them, so a
+            # reference is a snapshot (a copy would be 13 GiB a clip for MEMO at 512²); off-CPU: the copy to host.
+            return t.detach().cpu()
 
         memory = ({k: snapshot(v) for k, v in state.memory.items()} if isinstance(state.memory, dict)
                   else snapshot(state.memory))

@@ -1,9 +1,9 @@
 """Build the emotion2vec equivalence fixtures from FunASR's own code (run in a separate reference venv).
 
-    python -m venv /work/e2vref/venv
-    /work/e2vref/venv/bin/pip install torch==2.13.0          # the CPU build, first
-    /work/e2vref/venv/bin/pip install funasr==1.0.27           # the version MEMO pins (pyproject.toml)
-    OMP_NUM_THREADS=1 /work/e2vref/venv/bin/python scripts/make_emotion2vec_fixtures.py
+    python -m venv <reference venv>
+    <reference venv>/bin/pip install torch==2.13.0          # the CPU build, first
+    <reference venv>/bin/pip install funasr==1.0.27           # the version MEMO pins (pyproject.toml)
+    OMP_NUM_THREADS=1 <reference venv>/bin/python scripts/make_emotion2vec_fixtures.py
 
 Writes ``tests/fixtures/emotion2vec/``:
 

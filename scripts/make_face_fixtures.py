@@ -24,10 +24,10 @@ synthetic images, and stores what it returns. ``tests/core/test_face_analysis.py
 
 How (a separate venv; MEMO pins opencv-python-headless 4.10.0.84 and numpy 1.26.4)::
 
-    python -m venv /work/faceref/venv
-    /work/faceref/venv/bin/pip install numpy==1.26.4 onnx onnxruntime opencv-python-headless==4.10.0.84 \\
+    python -m venv <reference venv>
+    <reference venv>/bin/pip install numpy==1.26.4 onnx onnxruntime opencv-python-headless==4.10.0.84 \\
         scikit-image insightface==0.7.3
-    OMP_NUM_THREADS=1 /work/faceref/venv/bin/python scripts/make_face_fixtures.py
+    OMP_NUM_THREADS=1 <reference venv>/bin/python scripts/make_face_fixtures.py
 
 Deterministic (seeded numpy weights and images; onnxruntime CPU).
 """

@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..validation import require_tensor
+from ..validation import check_state_dict, require_tensor
 
 __all__ = [
     "DOWNLOAD_HINT",
@@ -739,22 +739,9 @@ def load_emotion2vec(path_or_state_dict, config: Emotion2vecConfig | None = None
         raise TypeError(f"config must be an Emotion2vecConfig, got {type(config).__name__}.")
     with torch.device("meta"):
         model = Emotion2vecEncoder(config)
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in sd]
-    unexpected = [k for k in sd if k not in expected]
-    wrong = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(v.shape)}" for k, v in expected.items()
-             if k in sd and tuple(sd[k].shape) != tuple(v.shape)]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing tensors, e.g. {missing[:5]}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected tensors, e.g. {unexpected[:5]}")
-    if wrong:
-        problems.append(f"{len(wrong)} tensors with the wrong shape, e.g. {'; '.join(wrong[:4])}")
-    if problems:
-        raise ValueError(f"The emotion2vec checkpoint {source} does not match the architecture (width "
-                         f"{config.embed_dim}, {config.prenet_depth}+{config.depth} blocks): {'; '.join(problems)}. "
-                         f"Use its own config.yaml, or the right file. {DOWNLOAD_HINT}")
+    check_state_dict(model.state_dict(), sd, f"The emotion2vec checkpoint {source}",
+                     f"the architecture (width {config.embed_dim}, {config.prenet_depth}+{config.depth} blocks)",
+                     hint=f"Use its own config.yaml, or the right file. {DOWNLOAD_HINT}")
     model = model.to_empty(device="cpu")
     model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
     return model.eval().requires_grad_(False)

@@ -248,15 +248,10 @@ class MemoGenerator:
         return next(self.vae.parameters()).dtype
 
     def decode_clip(self, latents: torch.Tensor, clip: ClipPlan, chunk: int) -> Iterator[torch.Tensor]:
-        """Decoded frames of the clip's finished frames, chunk by chunk (reusing the memory's decode)."""
-        if self._decoded is not None and self._decoded[0] == clip.index:
-            frames, self._decoded = self._decoded[1], None
-            yield from frames.split(chunk)
-            return
-        z = latents[0, :, :clip.emitted].transpose(0, 1)
-        for x in self.vae.iter_decode(z.to(self.vae_dtype), chunk_size=chunk):
-            yield x.float().cpu()
-
+        """Decoded frames of the clip's finished frames, chunk by chunk (the memory update's decode, reused)."""
+        frames = self._decode(latents, clip, chunk)
+        self._decoded = None
+        yield from frames.split(chunk)
 
 def load_memo_generator(folder, *, vae, speech_encoder, device="auto", dtype="auto", fps: float | None = None,
                         size: int = 512) -> MemoGenerator:
