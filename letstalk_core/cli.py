@@ -93,7 +93,8 @@ def _add_generate(sub) -> None:
                                         "the video is complete, unless --keep-resume-dir")
     p.add_argument("--keep-resume-dir", action="store_true", help="keep the --resume-dir clips after a complete run")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 where the device runs it in hardware: CUDA compute "
+                   "capability 8.0+, CPUs with AMX or AVX512-BF16; fp32 elsewhere), fp32, bf16, fp16")
     p.add_argument("--crf", type=int, default=18, help="video quality (lower = better)")
     add_threads_option(p)
 

@@ -23,12 +23,39 @@ def pick_device(device: str = "auto") -> torch.device:
     return dev
 
 
+def native_bf16(device: torch.device) -> tuple[bool, str]:
+    """Whether ``device`` runs bf16 matmuls and convolutions in hardware, and why (for ``info`` and logs).
+
+    CUDA: compute capability 8.0+ (Ampere and later; ``torch.cuda.is_bf16_supported`` without emulation).
+    CPU: AMX tiles (Sapphire Rapids and later) or AVX512-BF16 (Cooper Lake, Zen 4 and later), as oneDNN
+    uses them; elsewhere a CPU computes bf16 by converting to fp32, about 100× slower than fp32 (measured
+    by ``benchmarks/limits.py``: 1.6 against 143 GFLOP/s on an AVX2 EPYC). Other devices: no.
+    """
+    if device.type == "cuda":
+        try:
+            ok = torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:  # older torch: no emulation flag
+            ok = torch.cuda.is_bf16_supported()
+        major, minor = torch.cuda.get_device_capability(device)
+        return ok, f"CUDA compute capability {major}.{minor} ({'has' if ok else 'no'} native bf16)"
+    if device.type == "cpu":
+        cpu = getattr(torch, "cpu", None)  # the probes are private in torch: absent ones count as no
+        amx, avx512_bf16 = (bool(getattr(cpu, name, lambda: False)())
+                            for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+        mkldnn = bool(torch.backends.mkldnn.is_available()) and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        if mkldnn and (amx or avx512_bf16):
+            return True, f"CPU with {'AMX' if amx else 'AVX512-BF16'}"
+        return False, "CPU without AMX or AVX512-BF16 (bf16 would be emulated, ~100× slower than fp32)"
+    return False, f"{device.type}: fp32 unless asked"
+
+
 def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """``auto`` → bf16 on CUDA, fp32 elsewhere."""
+    """``auto`` → bf16 where the device runs it in hardware (:func:`native_bf16`), fp32 elsewhere; or the
+    dtype named (``fp32``, ``bf16``, ``fp16``)."""
     table = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
              "fp16": torch.float16, "float16": torch.float16}
     if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return torch.bfloat16 if native_bf16(device)[0] else torch.float32
     if dtype not in table:
         raise ValueError(f"unknown dtype {dtype!r}; use auto, fp32, bf16 or fp16.")
     return table[dtype]
@@ -42,7 +69,7 @@ def bundled_dcae(config, state: dict, source: str = "this checkpoint"):
     dcae = DCAE(config.dcae)
     check_module_state(dcae, state, f"the autoencoder bundled in {source}")
     dcae.load_state_dict(state)
-    return dcae.float().eval()
+    return dcae.float().use_channels_last().eval()
 
 
 def bundled_wav2vec2(config, state: dict, source: str = "this checkpoint"):

@@ -73,15 +73,19 @@ def torch_device():
 
 
 def weight_dtype(name: str, device):
-    """``auto`` → bf16 where ComfyUI says the device runs it well, else fp32."""
+    """``auto`` → bf16 where the device runs it in hardware, else fp32: on a CPU the core's probe (AMX or
+    AVX512-BF16, ``letstalk_core.loading.native_bf16``), on a GPU what ComfyUI's model management says
+    (which honours its command-line flags)."""
     import torch
     import comfy.model_management as mm
+
+    from ..letstalk_core.loading import native_bf16
 
     table = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     if name in table:
         return table[name]
     if mm.is_device_cpu(device):
-        return torch.float32
+        return torch.bfloat16 if native_bf16(torch.device("cpu"))[0] else torch.float32
     return torch.bfloat16 if mm.should_use_bf16(device) else torch.float32
 
 

@@ -9,6 +9,8 @@ from .types import LoadedDCAE, LoadedModel, LoadedSpeech, socket_types
 
 Model, DCAE, Speech, _, _ = socket_types()
 DTYPES = ["auto", "fp32", "bf16", "fp16"]
+AUTO_DTYPE = ("auto: bf16 where the hardware runs it (GPUs that run it well, CPUs with AMX or AVX512-BF16), "
+              "else fp32.")
 
 
 def _bundled(config, groups, name: str) -> tuple[LoadedDCAE | None, LoadedSpeech | None]:
@@ -42,7 +44,7 @@ class LetsTalkModelLoader(io.ComfyNode):
                                tooltip="LetsTalk checkpoint from models/letstalk. letstalk-demo.safetensors ships with "
                                        "the pack (64×64, 25 fps), so a graph works with no download."),
                 io.Combo.Input("weight_dtype", options=DTYPES, default="auto",
-                               tooltip="Precision of the transformer. auto: bf16 on GPUs that run it well, fp32 on CPU."),
+                               tooltip=f"Precision of the transformer. {AUTO_DTYPE}"),
             ],
             outputs=[
                 Model.Output("model", tooltip="The transformer with its config (fps, clip length, memory frames)."),

@@ -12,6 +12,8 @@ from .types import LoadedMemo, socket_types
 
 Model, _, Speech, _, _ = socket_types()
 DTYPES = ["auto", "fp32", "bf16", "fp16"]
+AUTO_DTYPE = ("auto: bf16 where the hardware runs it (GPUs that run it well, CPUs with AMX or AVX512-BF16), "
+              "else fp32.")
 MEMO_FOLDER = host.MEMO_FOLDER  # ComfyUI/models/memo/<name>/{reference_net,diffusion_net,image_proj,audio_proj,misc}
 NO_EMOTION2VEC = "(none: pick an emotion below)"
 
@@ -69,7 +71,7 @@ class LetsTalkMemoLoader(io.ComfyNode):
                                tooltip="emotion2vec_plus_large's model.pt in models/audio_encoders, for the loop's "
                                        "emotion 'auto' (the emotion read from the speech)."),
                 io.Combo.Input("weight_dtype", options=DTYPES, default="auto",
-                               tooltip="Precision of the networks. auto: bf16 on GPUs that run it well, fp32 on CPU."),
+                               tooltip=f"Precision of the networks. {AUTO_DTYPE}"),
                 io.Float.Input("fps", default=30.0, min=1.0, max=120.0, step=0.5,
                                tooltip="Frame rate of the video (MEMO's is 30)."),
                 io.Int.Input("size", default=512, min=64, max=1024, step=8,

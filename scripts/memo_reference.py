@@ -35,7 +35,13 @@ def _memory_efficient_attention(query, key, value, attn_bias=None, p=0.0, scale=
         q, k, v = (t.transpose(1, 2) for t in (query, key, value))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, scale=scale)
         return out.transpose(1, 2)
-    return F.scaled_dot_product_attention(query, key, value, attn_mask=attn_bias, scale=scale)
+    # [B·H, M, K]: given to SDPA as one head ([B·H, 1, M, K]) so that it takes its fused (flash) CPU
+    # kernel, as xFormers' kernel is fused on a GPU; 3-d inputs would send SDPA to its unfused math path
+    # (the full score matrix in memory), which would make the reference slower than it is.
+    bias = None if attn_bias is None else attn_bias.unsqueeze(1)
+    out = F.scaled_dot_product_attention(query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1),
+                                         attn_mask=bias, scale=scale)
+    return out.squeeze(1)
 
 
 def _install_xformers_stub() -> None:

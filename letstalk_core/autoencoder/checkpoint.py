@@ -201,7 +201,8 @@ def load_dcae(
     Config: the file's ``letstalk_config`` metadata, else a ``config.json`` beside it (original or
     diffusers style), else ``config`` (a ``DCAEConfig`` or preset name); a given ``config`` that
     contradicts the stored one is an error. Either key layout is accepted (``detect_layout``). The
-    model is returned in ``eval()`` mode on ``device`` in ``dtype``.
+    model is returned in ``eval()`` mode on ``device`` in ``dtype``, its convolutions channels-last
+    (:meth:`DCAE.use_channels_last`).
     """
     explicit = _resolve_explicit(config)
     if isinstance(source, Mapping):
@@ -218,7 +219,7 @@ def load_dcae(
     check_state_dict(model.state_dict(), tensors, name)
     model = model.to_empty(device=device).to(dtype=dtype)
     model.load_state_dict(tensors, strict=True)
-    return model.eval()
+    return model.use_channels_last().eval()
 
 
 def save_dcae(model: DCAE, config: DCAEConfig, path: str | Path) -> Path:

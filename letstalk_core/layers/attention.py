@@ -42,12 +42,22 @@ class Attention(nn.Module):
         self.to_v = nn.Linear(context_dim or query_dim, inner, bias=bias)
         self.to_out = nn.ModuleList([nn.Linear(inner, out_dim or query_dim, bias=out_bias)])
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, *,
+                extra_kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """``extra_kv``: keys and values (``[B, M, H·d]``, from :meth:`project_kv`) appended to those of
+        the context: the same as appending their tokens to the context, without projecting them again
+        for every row that shares them."""
         c = x if context is None else context
         h = self.heads
-        out = F.scaled_dot_product_attention(split_heads(self.to_q(x), h), split_heads(self.to_k(c), h),
-                                             split_heads(self.to_v(c), h))
+        k, v = self.to_k(c), self.to_v(c)
+        if extra_kv is not None:
+            k, v = torch.cat([k, extra_kv[0]], dim=1), torch.cat([v, extra_kv[1]], dim=1)
+        out = F.scaled_dot_product_attention(split_heads(self.to_q(x), h), split_heads(k, h), split_heads(v, h))
         return self.to_out[0](merge_heads(out))
+
+    def project_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(to_k(context), to_v(context))``, for ``extra_kv``."""
+        return self.to_k(context), self.to_v(context)
 
 
 class JointAttention(nn.Module):

@@ -193,7 +193,7 @@ class DiffusionNet(nn.Module):
         mask = None if uncond is None else torch.as_tensor(uncond, device=x.device).reshape(b).repeat_interleave(f)
 
         def attention_layer(block, j, key, x, audio):
-            x = block.attentions[j](x, tile_context(reference_tokens[key].to(dtype), b * f), face, mask)
+            x = block.attentions[j](x, reference_tokens[key], face, mask)
             x, audio = block.audio_modules[j](x, audio, emotion)
             return x, audio
 

@@ -2,6 +2,7 @@
 chunked encode/decode and input validation (reference: components.md section 1)."""
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
@@ -299,6 +300,25 @@ def _outputs(model, x):
         return z, model.decode(z)
 
 
+def _channels_last(model):
+    """A copy of ``model`` in the layout ``load_dcae`` returns, so loaded weights can be compared bit for bit."""
+    return copy.deepcopy(model).use_channels_last()
+
+
+def test_channels_last_equals_the_usual_layout(pair):
+    """``use_channels_last`` (what loading sets, for speed) changes the layout, not the model: same
+    outputs to float rounding, returned in the usual layout; and it can be turned off again."""
+    _, _, ours, _ = pair
+    fast = _channels_last(ours)
+    assert fast.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    x = _images(2)
+    for a, b in zip(_outputs(fast, x), _outputs(ours, x)):
+        assert a.is_contiguous() and a.shape == b.shape
+        assert (a - b).abs().max() < 1e-5
+    back = fast.use_channels_last(False)
+    assert all(torch.equal(a, b) for a, b in zip(_outputs(back, x), _outputs(ours, x)))
+
+
 def test_load_diffusers_layout_with_config_json(pair, tmp_path):
     _, ref, ours, cfg = pair
     weights = tmp_path / "diffusion_pytorch_model.safetensors"
@@ -307,7 +327,7 @@ def test_load_diffusers_layout_with_config_json(pair, tmp_path):
     loaded = load_dcae(weights)
     assert detect_layout(ref.state_dict()) == "diffusers"
     assert loaded.config == cfg and not loaded.training
-    for a, b in zip(_outputs(loaded, _images(1)), _outputs(ours, _images(1))):
+    for a, b in zip(_outputs(loaded, _images(1)), _outputs(_channels_last(ours), _images(1))):
         assert torch.equal(a, b)
 
 
@@ -317,7 +337,7 @@ def test_load_original_layout_safetensors_and_pt(pair, tmp_path):
     assert detect_layout(original) == "original"
     save_file(original, tmp_path / "model.safetensors")
     torch.save({"state_dict": original}, tmp_path / "model.pt")
-    expected = _outputs(ours, _images(1))
+    expected = _outputs(_channels_last(ours), _images(1))
     for path in (tmp_path / "model.safetensors", tmp_path / "model.pt"):
         loaded = load_dcae(path, cfg)
         assert all(torch.equal(a, b) for a, b in zip(_outputs(loaded, _images(1)), expected))
@@ -330,7 +350,7 @@ def test_save_and_load_with_metadata(pair, tmp_path):
     path = save_dcae(ours, cfg, tmp_path / "sub" / "ae.safetensors")
     loaded = load_dcae(path, device="cpu", dtype=torch.float32)
     assert loaded.config == cfg
-    assert all(torch.equal(a, b) for a, b in zip(_outputs(loaded, _images(1)), _outputs(ours, _images(1))))
+    assert all(torch.equal(a, b) for a, b in zip(_outputs(loaded, _images(1)), _outputs(_channels_last(ours), _images(1))))
     other = DCAEConfig(**dict(cfg.to_dict(), scaling_factor=2.0))
     with pytest.raises(ValueError, match=r"scaling_factor: given 2.0, stored 0\.\d+"):
         load_dcae(path, other)
