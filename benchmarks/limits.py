@@ -17,7 +17,9 @@
    and 16 VAE encodes per clip (the memory) plus the decode; and the lower bound the bf16 peak implies (the
    same FLOPs at 100 % of the peak).
 
-``--quick``: small sizes and one repeat, to check the script.
+``--layouts`` adds the DC-AE in the NCHW layout (what ran before ``DCAE.use_channels_last``) and
+``--compile`` the DiT step under ``torch.compile``, each beside the default in the same run, for the
+before/after ratios. ``--quick``: small sizes and one repeat, to check the script.
 """
 from __future__ import annotations
 
@@ -84,7 +86,13 @@ def peaks(device, repeats: int, quick: bool) -> dict[str, float]:
 
 
 # --- the pieces: each a builder (dtype) -> callable ------------------------------------------------------
-def letstalk_pieces(size: int, device) -> dict:
+STEP, ENCODE, DECODE = ("LetsTalk-B DiT step / clip (3 branches)", "DC-AE f32c32 encode / frame",
+                        "DC-AE f32c32 decode / frame")
+MEMO_STEP, MEMO_REF, VAE_ENC, VAE_DEC = ("MEMO Diffusion Net step / clip (batch 2)", "MEMO Reference Net / clip (2×16 frames)",
+                                        "SD VAE encode / frame", "SD VAE decode / frame")
+
+
+def letstalk_pieces(size: int, device, *, layouts: bool = False, compiled: bool = False) -> dict:
     from letstalk_core.autoencoder.config import get_dcae_config
     from letstalk_core.autoencoder.dc_ae import DCAE
     from letstalk_core.config import get_preset
@@ -95,6 +103,7 @@ def letstalk_pieces(size: int, device) -> dict:
     torch.manual_seed(0)
     dit32 = LetsTalkTransformer(cfg).to(device).eval().requires_grad_(False)
     dcae32 = DCAE(get_dcae_config("dc-ae-f32c32-sana-1.1")).to(device).eval().requires_grad_(False)
+    dcae32.use_channels_last()  # the layout load_dcae returns
     side, f, c = size // 32, cfg.video.clip_frames, cfg.dit.in_channels
     ap = cfg.dit
     x = torch.randn(1, c, f, side, side, device=device)
@@ -114,16 +123,29 @@ def letstalk_pieces(size: int, device) -> dict:
                              scales=GuidanceScales(portrait=2.0, audio=2.0), eps_channels=c)
         return lambda: fn(x, t)
 
-    def encode(dtype):
-        dcae = dcae32.to(dtype)
+    def compiled_step(dtype):
+        from letstalk_core.runtime import compile_forward
+
+        compile_forward(dit32)
+        fn = step(dtype)
+        fn()  # compiles (minutes), outside the timing
+        return fn
+
+    def encode(dtype, channels_last=True):
+        dcae = dcae32.to(dtype).use_channels_last(channels_last)
         return lambda: dcae.encode(frame.to(dtype))
 
-    def decode(dtype):
-        dcae = dcae32.to(dtype)
+    def decode(dtype, channels_last=True):
+        dcae = dcae32.to(dtype).use_channels_last(channels_last)
         return lambda: dcae.decode(z.to(dtype))
 
-    return {"LetsTalk-B DiT step / clip (3 branches)": step, "DC-AE f32c32 encode / frame": encode,
-            "DC-AE f32c32 decode / frame": decode}
+    pieces = {STEP: step, ENCODE: encode, DECODE: decode}
+    if layouts:
+        pieces[ENCODE + ", NCHW (before)"] = lambda dtype: encode(dtype, False)
+        pieces[DECODE + ", NCHW (before)"] = lambda dtype: decode(dtype, False)
+    if compiled:
+        pieces[STEP + ", torch.compile"] = compiled_step
+    return pieces
 
 
 def memo_pieces(size: int, device) -> dict:
@@ -173,8 +195,7 @@ def memo_pieces(size: int, device) -> dict:
         vae = vae32.to(dtype)
         return lambda: vae.decode(z.to(dtype), chunk_size=1)
 
-    return {"MEMO Diffusion Net step / clip (batch 2)": step, "MEMO Reference Net / clip (2×16 frames)": refnet,
-            "SD VAE encode / frame": encode, "SD VAE decode / frame": decode}
+    return {MEMO_STEP: step, MEMO_REF: refnet, VAE_ENC: encode, VAE_DEC: decode}
 
 
 def usable(peak: dict[str, float]) -> list[str]:
@@ -194,7 +215,7 @@ def measure(pieces: dict, peak: dict[str, float], repeats: int) -> dict:
             flops = count_flops(fn)
             seconds = best_time(fn, repeats)
             row[dname] = {"flops": flops, "seconds": seconds, "share": flops / seconds / peak[dname]}
-            print(f"  {name:42} {dname}: {flops / 1e12:7.3f} TFLOP in {seconds:8.2f} s = "
+            print(f"  {name:56} {dname}: {flops / 1e12:7.3f} TFLOP in {seconds:8.2f} s = "
                   f"{flops / seconds / 1e9:7.1f} GFLOP/s, {100 * row[dname]['share']:5.1f} % of peak", flush=True)
         rows[name] = row
     return rows
@@ -212,29 +233,32 @@ def main() -> int:
     ap.add_argument("--memo-size", type=int, default=128, help="MEMO frame side (a multiple of 64)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--layouts", action="store_true",
+                    help="also time the DC-AE in the NCHW layout (before channels-last), for the ratio")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time the DiT step under torch.compile (the compile itself is not timed)")
     a = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     repeats = 1 if a.quick else a.repeats
     size, memo_size = (128, 64) if a.quick else (a.size, a.memo_size)
     print(f"device {device}, {torch.get_num_threads()} threads; LetsTalk at {size}², MEMO at {memo_size}²", flush=True)
     peak = peaks(device, repeats, a.quick)
-    rows = measure(letstalk_pieces(size, device), peak, repeats)
+    rows = measure(letstalk_pieces(size, device, layouts=a.layouts, compiled=a.compile), peak, repeats)
     rows.update(measure(memo_pieces(memo_size, device), peak, repeats))
 
     skipped = [d for d in DTYPES if d not in usable(peak)]
     if skipped:
         print(f"\nnot timed: {', '.join(skipped)} (peak {', '.join(f'{peak[d] / 1e9:.1f}' for d in skipped)} GFLOP/s "
               f"against {max(peak.values()) / 1e9:.0f} for the best dtype: no hardware support here)")
-    print(f"\n{'piece':44}{'TFLOP':>8}" + "".join(f"{d + ' s':>9}{'% peak':>8}" for d in usable(peak)))
+    print(f"\n{'piece':58}{'TFLOP':>8}" + "".join(f"{d + ' s':>9}{'% peak':>8}" for d in usable(peak)))
     for name, row in rows.items():
         cells = "".join(f"{row[d]['seconds']:9.2f}{100 * row[d]['share']:7.1f}%" for d in usable(peak))
-        print(f"{name:44}{next(iter(row.values()))['flops'] / 1e12:8.3f}{cells}")
+        print(f"{name:58}{next(iter(row.values()))['flops'] / 1e12:8.3f}{cells}")
 
-    lt = list(rows.values())
-    step, enc, dec = (best(r) for r in lt[:3])
+    step, dec = best(rows[STEP]), best(rows[DECODE])
     lt_s = 25 * step[1] / 16 + dec[1]
     lt_flops = 25 * step[2] / 16 + dec[2]
-    dn, rn, venc, vdec = (best(r) for r in lt[3:])
+    dn, rn, venc, vdec = (best(rows[k]) for k in (MEMO_STEP, MEMO_REF, VAE_ENC, VAE_DEC))
     memo_s = (20 * dn[1] + rn[1] + 16 * venc[1]) / 16 + vdec[1]
     memo_flops = (20 * dn[2] + rn[2] + 16 * venc[2]) / 16 + vdec[2]
     top = max(peak.values())  # the bound: every FLOP at the best dtype's measured peak

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from .runtime import CoreShare, add_threads_option, apply_threads, prepare_threads
+from .runtime import CoreShare, add_compile_option, add_threads_option, apply_threads, prepare_threads
 
 DEMO_NAME = "demo"  # --checkpoint demo: the shipped demo model
 
@@ -97,6 +97,7 @@ def _add_generate(sub) -> None:
                    "capability 8.0+, CPUs with AMX or AVX512-BF16; fp32 elsewhere), fp32, bf16, fp16")
     p.add_argument("--crf", type=int, default=18, help="video quality (lower = better)")
     add_threads_option(p)
+    add_compile_option(p)
 
 
 def cmd_generate(a) -> int:
@@ -136,6 +137,11 @@ def cmd_generate(a) -> int:
     else:
         gen = load_generator(checkpoint, dcae_path=a.dcae, speech_encoder_path=a.speech_encoder, device=a.device,
                              dtype=a.dtype)
+    if a.compile:
+        from .runtime import compile_forward
+
+        compile_forward(gen.model if not memo else gen.models.diffusion_net,
+                        warn=lambda m: print(f"letstalk: warning: {m}", file=sys.stderr))
     recipe = gen.recipe
     steps = recipe.steps if a.steps is None else a.steps
     sampler = recipe.sampler if a.sampler is None else a.sampler

@@ -96,3 +96,65 @@ def apply_threads(threads: int = 0) -> None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+# -- torch.compile ------------------------------------------------------------------------------------
+COMPILE_HELP = ("compile the denoiser (DiT / Diffusion Net) with torch.compile: the first clip takes longer "
+                "(minutes on a CPU), later ones may run faster; without a working compiler it warns and runs "
+                "as usual")
+
+
+def add_compile_option(parser) -> None:
+    parser.add_argument("--compile", action="store_true", help=COMPILE_HELP)
+
+
+def _from_compiler(error: BaseException) -> bool:
+    """Whether ``error`` was raised by torch.compile itself (Dynamo, Inductor, the C++/Triton toolchain)
+    rather than by the model's own checks, which must reach the user unchanged."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if type(error).__module__.startswith(("torch._dynamo", "torch._inductor", "torch.fx", "triton")):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def compile_forward(module, *, warn=None) -> None:
+    """Compile ``module.forward`` with ``torch.compile`` in place (an instance attribute: parameter names,
+    ``state_dict`` and the class are unchanged). The first call compiles. If compiling fails (no C++
+    compiler, an operation the compiler cannot take), ``warn`` gets one message and the module runs as
+    usual from then on; errors of the model's own (bad inputs) pass through untouched.
+    :func:`uncompile` undoes it."""
+    import warnings
+
+    import torch
+
+    eager = type(module).forward.__get__(module)
+    compiled = torch.compile(eager, dynamic=False)
+
+    def forward(*args, **kwargs):
+        try:
+            return compiled(*args, **kwargs)
+        except Exception as e:
+            if not _from_compiler(e):
+                raise
+            message = (f"torch.compile could not compile {type(module).__name__} ({type(e).__name__}: "
+                       f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else 'no message'}); running it "
+                       "without compiling.")
+            (warn or (lambda m: warnings.warn(m, RuntimeWarning, stacklevel=2)))(message)
+            uncompile(module)
+            return eager(*args, **kwargs)
+
+    forward.compiled = True
+    module.forward = forward
+
+
+def uncompile(module) -> None:
+    """Undo :func:`compile_forward` (a no-op on a module that is not compiled)."""
+    if getattr(module.__dict__.get("forward"), "compiled", False):
+        del module.forward
+
+
+def is_compiled(module) -> bool:
+    return bool(getattr(module.__dict__.get("forward"), "compiled", False))
