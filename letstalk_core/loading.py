@@ -28,8 +28,8 @@ def native_bf16(device: torch.device) -> tuple[bool, str]:
 
     CUDA: compute capability 8.0+ (Ampere and later; ``torch.cuda.is_bf16_supported`` without emulation).
     CPU: AMX tiles (Sapphire Rapids and later) or AVX512-BF16 (Cooper Lake, Zen 4 and later), as oneDNN
-    uses them; elsewhere a CPU computes bf16 by converting to fp32, about 100× slower than fp32 (measured
-    by ``benchmarks/limits.py``: 1.6 against 143 GFLOP/s on an AVX2 EPYC). Other devices: no.
+    uses them; elsewhere a CPU computes bf16 by converting to fp32, tens of times slower than fp32 (measured
+    by ``benchmarks/limits.py`` on an AVX2 EPYC: a 512² GEMM at 1.9 against 88 GFLOP/s). Other devices: no.
     """
     if device.type == "cuda":
         try:
@@ -45,7 +45,7 @@ def native_bf16(device: torch.device) -> tuple[bool, str]:
         mkldnn = bool(torch.backends.mkldnn.is_available()) and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
         if mkldnn and (amx or avx512_bf16):
             return True, f"CPU with {'AMX' if amx else 'AVX512-BF16'}"
-        return False, "CPU without AMX or AVX512-BF16 (bf16 would be emulated, ~100× slower than fp32)"
+        return False, "CPU without AMX or AVX512-BF16 (bf16 would be emulated, tens of times slower than fp32)"
     return False, f"{device.type}: fp32 unless asked"
 
 
