@@ -229,7 +229,8 @@ def cmd_info(a) -> int:
         print(json.dumps({"checkpoint": str(path), "parameters": count_parameters(model),
                           "bundled": {"dcae": bool(groups["dcae"]), "speech_encoder": bool(groups["speech"])},
                           "inference": {"sampler": recipe.sampler, "steps": recipe.steps, "source": recipe.source},
-                          "metadata": {k: parse(v) for k, v in meta.items()}}, indent=2))
+                          "metadata": {k: parse(v) for k, v in meta.items()}, "machine": machine_summary()},
+                         indent=2))
         return 0
     print(f"checkpoint: {path}")
     print(f"transformer: depth {config.dit.depth}, width {config.dit.hidden_size}, portrait fusion {config.dit.portrait_fusion}, "
@@ -243,8 +244,22 @@ def cmd_info(a) -> int:
     for k, v in meta.items():
         if k not in ("letstalk_config", "letstalk_training", "letstalk_format", INFERENCE_KEY):
             print(f"{k}: {v if len(v) <= 200 else v[:197] + '...'}")
+    print(machine_line(machine_summary()))
     print("(letstalk info --json prints the full config and training recipe)")
     return 0
+
+
+def machine_summary() -> dict:
+    """What ``--device auto`` and ``--dtype auto`` pick on this machine, and why."""
+    from .loading import native_bf16, pick_device, pick_dtype
+
+    device = pick_device("auto")
+    dtype = "bf16" if str(pick_dtype("auto", device)) == "torch.bfloat16" else "fp32"
+    return {"device": str(device), "dtype": dtype, "why": native_bf16(device)[1]}
+
+
+def machine_line(m: dict) -> str:
+    return f"this machine: --device auto → {m['device']}, --dtype auto → {m['dtype']} ({m['why']})"
 
 
 def memo_info(path: Path, as_json: bool) -> int:
@@ -259,6 +274,7 @@ def memo_info(path: Path, as_json: bool) -> int:
     info["recipe"] = {"size": recipe.video.width, "fps": recipe.video.fps, "clip_frames": recipe.video.clip_frames,
                       "past_frames": recipe.memory.frames, "steps": recipe.steps, "cfg_scale": recipe.cfg_scale,
                       "sampler": "euler (rectified flow)"}
+    info["machine"] = machine_summary()
     if as_json:
         print(json.dumps(info, indent=2))
         return 0
@@ -277,6 +293,7 @@ def memo_info(path: Path, as_json: bool) -> int:
           f"frames, {r['steps']} {r['sampler']} steps, CFG {r['cfg_scale']}")
     print("runs with: --vae (sd-vae-ft-mse), --speech-encoder (wav2vec2-base-960h), and for --emotion auto "
           "--emotion-encoder (emotion2vec_plus_large); see the README's MEMO section")
+    print(machine_line(info["machine"]))
     return 0
 
 

@@ -45,7 +45,7 @@ def native_bf16(device: torch.device) -> tuple[bool, str]:
         mkldnn = bool(torch.backends.mkldnn.is_available()) and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
         if mkldnn and (amx or avx512_bf16):
             return True, f"CPU with {'AMX' if amx else 'AVX512-BF16'}"
-        return False, "CPU without AMX or AVX512-BF16 (bf16 would be emulated, tens of times slower than fp32)"
+        return False, "CPU without AMX or AVX512-BF16: bf16 would be emulated, tens of times slower than fp32"
     return False, f"{device.type}: fp32 unless asked"
 
 

@@ -175,6 +175,7 @@ def test_demo_model_records_its_recipe_and_info_summarises(capsys):
     text = capsys.readouterr().out
     assert "sampling: 10 euler steps (recorded in the checkpoint)" in text
     assert "training: step 4000" in text and "320 procedural samples" in text
+    assert "this machine: --device auto → " in text and "--dtype auto → " in text  # what auto picks, and why
     assert max(len(line) for line in text.splitlines()) < 200  # no one-line JSON dump
     assert main(["info", "demo", "--json"]) == 0
     import json
@@ -183,6 +184,7 @@ def test_demo_model_records_its_recipe_and_info_summarises(capsys):
     assert full["inference"] == {"sampler": "euler", "steps": 10, "source": "recorded in the checkpoint"}
     assert full["metadata"]["letstalk_training"]["train_config"]["lr"] > 0
     assert full["metadata"]["letstalk_config"]["video"]["fps"] == 25
+    assert full["machine"]["dtype"] in ("fp32", "bf16") and full["machine"]["why"]
 
 
 def test_every_option_has_help_and_shows_its_default(capsys):

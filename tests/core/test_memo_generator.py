@@ -202,3 +202,4 @@ def test_info_describes_a_memo_folder(tiny, capsys):
     assert set(info["parts"]) == {"reference_net", "diffusion_net", "image_proj", "audio_proj",
                                   "audio_emotion_classifier"}
     assert info["parts"]["image_proj"]["parameters"] > 0 and info["recipe"]["steps"] == 20
+    assert info["machine"]["device"] and info["machine"]["dtype"] in ("fp32", "bf16")
