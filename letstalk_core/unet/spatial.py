@@ -113,15 +113,17 @@ class ReferenceAttentionBlock(nn.Module):
         n, b = x.shape[0], reference.shape[0]
         if n % b:
             raise ValueError(f"A reference batch of {b} cannot be spread over {n} rows.")
-        sees = torch.ones(n, dtype=torch.bool, device=x.device) if uncond is None else ~uncond
-        attn = torch.empty_like(x)
-        if bool((~sees).any()):
-            attn[~sees] = self.attn1(normed[~sees])
-        if bool(sees.any()):
-            rows = sees.nonzero().squeeze(1) % b
-            k, v = self.attn1.project_kv(reference.to(normed.dtype))
-            nc = normed[sees]
-            attn[sees] = self.attn1(nc, extra_kv=(k[rows], v[rows]))
+        k, v = self.attn1.project_kv(reference.to(normed.dtype))
+        if uncond is None or not bool(uncond.any()):  # every row sees the reference
+            rows = torch.arange(n, device=x.device) % b
+            attn = self.attn1(normed, extra_kv=(k[rows], v[rows]))
+        else:
+            sees = ~uncond
+            attn = torch.empty_like(x)
+            attn[uncond] = self.attn1(normed[uncond])
+            if bool(sees.any()):
+                rows = sees.nonzero().squeeze(1) % b
+                attn[sees] = self.attn1(normed[sees], extra_kv=(k[rows], v[rows]))
         x = x + attn
         x = x + self.attn2(self.norm2(x), context)
         return x + self.ff(self.norm3(x))

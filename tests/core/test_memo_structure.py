@@ -118,3 +118,29 @@ def test_reference_net_equals_diffusers_unet(tmp_path):
     assert sorted(feats) == sorted(captured)
     err = max((feats[k] - captured[k]).abs().max().item() for k in feats)
     assert err < 1e-4, err
+
+
+def test_reference_keys_projected_once_equal_the_reference_concatenation():
+    """``ReferenceAttentionBlock`` projects the reference tokens' keys/values once per reference row; it must
+    equal the reference's formulation, self-attention over ``[own; repeat(reference)]`` for every frame,
+    with and without guidance rows (which see their own tokens only)."""
+    import torch
+
+    from letstalk_core.unet.spatial import ReferenceAttentionBlock, tile_context
+
+    torch.manual_seed(0)
+    block = ReferenceAttentionBlock(32, 4, 16).eval()
+    x, reference, context = torch.randn(6, 10, 32), torch.randn(2, 7, 32), torch.randn(6, 3, 16)
+
+    def expected(uncond):
+        normed = block.norm1(x)
+        full = block.attn1(normed, torch.cat([normed, tile_context(reference, 6)], dim=1))
+        if uncond is not None:
+            full = torch.where(uncond[:, None, None], block.attn1(normed), full)
+        h = x + full
+        h = h + block.attn2(block.norm2(h), context)
+        return h + block.ff(block.norm3(h))
+
+    with torch.no_grad():
+        for uncond in (None, torch.tensor([True] * 3 + [False] * 3)):
+            assert (block(x, reference, context, uncond) - expected(uncond)).abs().max() < 1e-5
