@@ -18,12 +18,12 @@ decoded frames (in [-1, 1]) between the two sides.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from two_sides import run_side, side_parser  # beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "tests" / "fixtures" / "memo" / "configs"
@@ -180,15 +180,11 @@ def run_ours(args) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--memo", help="checkout of github.com/memoavatar/memo (reference side)")
-    ap.add_argument("--python-ours", default=str(ROOT / ".venv" / "bin" / "python"))
-    ap.add_argument("--work", default=str(ROOT / "outputs" / "memo_pipeline_bench"))
-    ap.add_argument("--size", type=int, default=128, help="frame side in pixels (MEMO's is 512)")
+    ap = side_parser(__doc__.split("\n")[0], ROOT / "outputs" / "memo_pipeline_bench", 128,
+                     "frame side in pixels (MEMO's is 512)")
     ap.add_argument("--clips", type=int, default=2)
     ap.add_argument("--steps", type=int, default=2, help="Euler steps per clip (MEMO's recipe: 20)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--side", choices=["both", "reference", "ours"], default="both")
     args = ap.parse_args()
     Path(args.work).mkdir(parents=True, exist_ok=True)
     if args.side != "both":
@@ -198,17 +194,13 @@ def main() -> None:
         ap.error("--memo is required")
     make_folder(args)
     results = {}
-    for side, py in (("reference", sys.executable), ("ours", args.python_ours)):
+    for side in ("reference", "ours"):
         cached = Path(args.work) / f"result_{side}_{args.size}_{args.clips}_{args.steps}.json"
         if cached.exists():  # a side already measured with these settings (delete the file to measure again)
             results[side] = json.loads(cached.read_text())
             continue
-        cmd = [py, __file__, "--side", side, "--work", args.work, "--size", str(args.size), "--clips", str(args.clips),
-               "--steps", str(args.steps), "--seed", str(args.seed)] + (["--memo", args.memo] if side == "reference" else [])
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode:
-            sys.exit(f"{side} failed:\n{proc.stderr[-4000:]}")
-        results[side] = json.loads(proc.stdout.strip().splitlines()[-1])
+        results[side] = run_side(__file__, side, args, ["--clips", str(args.clips), "--steps", str(args.steps),
+                                                        "--seed", str(args.seed)])
         cached.write_text(json.dumps(results[side]))
     import torch
     from safetensors.torch import load_file

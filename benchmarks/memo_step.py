@@ -20,14 +20,14 @@ the interpreter with ``letstalk_core``). The weights (6.7 GB) and inputs go to `
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+
+from two_sides import run_side, side_parser  # beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "tests" / "fixtures" / "memo" / "configs" / "diffusion_net" / "config.json"
@@ -182,12 +182,8 @@ def run_ours(args) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--memo", help="checkout of github.com/memoavatar/memo (reference side)")
-    ap.add_argument("--python-ours", default=str(ROOT / ".venv" / "bin" / "python"))
-    ap.add_argument("--work", default=str(ROOT / "outputs" / "memo_bench"))
-    ap.add_argument("--size", type=int, default=256, help="frame side in pixels (latents are /8)")
-    ap.add_argument("--side", choices=["both", "reference", "ours"], default="both")
+    ap = side_parser(__doc__.split("\n")[0], ROOT / "outputs" / "memo_bench", 256,
+                     "frame side in pixels (latents are /8)")
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -200,15 +196,7 @@ def main() -> None:
     if not args.memo:
         ap.error("--memo is required")
     make_inputs(work, args.size // 8, 16, 16)
-    results = {}
-    for side, py in (("reference", sys.executable), ("ours", args.python_ours)):
-        cmd = [py, __file__, "--side", side, "--work", str(work), "--size", str(args.size)]
-        if side == "reference":
-            cmd += ["--memo", args.memo]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode:
-            sys.exit(f"{side} failed:\n{proc.stderr[-3000:]}")
-        results[side] = json.loads(proc.stdout.strip().splitlines()[-1])
+    results = {side: run_side(__file__, side, args, []) for side in ("reference", "ours")}
     import torch
     from safetensors.torch import load_file
     a, b = load_file(work / "out_reference.safetensors"), load_file(work / "out_ours.safetensors")

@@ -251,11 +251,11 @@ def cmd_info(a) -> int:
 
 def machine_summary() -> dict:
     """What ``--device auto`` and ``--dtype auto`` pick on this machine, and why."""
-    from .loading import native_bf16, pick_device, pick_dtype
+    from .loading import native_bf16, pick_device
 
     device = pick_device("auto")
-    dtype = "bf16" if str(pick_dtype("auto", device)) == "torch.bfloat16" else "fp32"
-    return {"device": str(device), "dtype": dtype, "why": native_bf16(device)[1]}
+    bf16, why = native_bf16(device)  # what pick_dtype("auto", device) decides by
+    return {"device": str(device), "dtype": "bf16" if bf16 else "fp32", "why": why}
 
 
 def machine_line(m: dict) -> str:

@@ -152,7 +152,7 @@ def compile_forward(module, *, warn=None) -> None:
 
 def uncompile(module) -> None:
     """Undo :func:`compile_forward` (a no-op on a module that is not compiled)."""
-    if getattr(module.__dict__.get("forward"), "compiled", False):
+    if is_compiled(module):
         del module.forward
 
 

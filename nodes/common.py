@@ -106,9 +106,14 @@ def speech_encoder_for(model: LoadedModel, speech):
                      f"{type(speech).__name__}.")
 
 
+def is_memo(model) -> bool:
+    """Whether a MODEL socket carries a MEMO loader's model (:class:`LoadedMemo`) rather than LetsTalk's."""
+    return getattr(model, "family", "letstalk") == "memo"
+
+
 def require_letstalk(model, node: str) -> None:
     """Nodes that work on one LetsTalk stage at a time refuse a MEMO model with what to use instead."""
-    if getattr(model, "family", "letstalk") == "memo":
+    if is_memo(model):
         raise ValueError(f"{node} works with LetsTalk checkpoints; a MEMO model runs through LetsTalk Memory Bank "
                          "Loop (connect the MEMO loader's model there).")
 

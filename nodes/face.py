@@ -1,8 +1,6 @@
 """Face Crop and Paste Back: any photo in, the talking face composited back into it out."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from comfy_api.latest import io
 
 from . import common, host
@@ -80,17 +78,19 @@ class LetsTalkFaceCrop(io.ComfyNode):
 
 
 def _scrfd():
-    """The SCRFD detector of the first MEMO folder in models/memo that has one (loaded once)."""
+    """The SCRFD detector of the first MEMO folder in models/memo that has its face-analysis models
+    (loaded once)."""
     global _SCRFD
     if _SCRFD is None:
         from ..letstalk_core.face.analysis import SCRFD_FILE, ScrfdDetector
+        from .memo import memo_folder_path, memo_folders
 
-        for root in host.folder_paths_for(host.MEMO_FOLDER):
-            for path in sorted(Path(root).glob(f"*/misc/face_analysis/models/{SCRFD_FILE}")):
-                _SCRFD = ScrfdDetector(path)
+        for name in memo_folders():
+            try:
+                _SCRFD = ScrfdDetector.from_folder(memo_folder_path(name))
                 break
-            if _SCRFD is not None:
-                break
+            except FileNotFoundError:
+                continue
         else:
             raise ValueError(f"no MEMO folder with misc/face_analysis/models/{SCRFD_FILE} in models/memo: download "
                              "memoavatar/memo there, or use detector 'manual'.")

@@ -79,13 +79,10 @@ def weight_dtype(name: str, device):
     import torch
     import comfy.model_management as mm
 
-    from ..letstalk_core.loading import native_bf16
+    from ..letstalk_core.loading import pick_dtype
 
-    table = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if name in table:
-        return table[name]
-    if mm.is_device_cpu(device):
-        return torch.bfloat16 if native_bf16(torch.device("cpu"))[0] else torch.float32
+    if name != "auto" or mm.is_device_cpu(device):
+        return pick_dtype(name, torch.device("cpu"))
     return torch.bfloat16 if mm.should_use_bf16(device) else torch.float32
 
 

@@ -8,12 +8,10 @@ from pathlib import Path
 from comfy_api.latest import io
 
 from . import common, host
+from .loaders import AUTO_DTYPE, DTYPES
 from .types import LoadedMemo, socket_types
 
 Model, _, Speech, _, _ = socket_types()
-DTYPES = ["auto", "fp32", "bf16", "fp16"]
-AUTO_DTYPE = ("auto: bf16 where the hardware runs it (GPUs that run it well, CPUs with AMX or AVX512-BF16), "
-              "else fp32.")
 MEMO_FOLDER = host.MEMO_FOLDER  # ComfyUI/models/memo/<name>/{reference_net,diffusion_net,image_proj,audio_proj,misc}
 NO_EMOTION2VEC = "(none: pick an emotion below)"
 

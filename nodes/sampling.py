@@ -179,7 +179,7 @@ class LetsTalkMemoryBankLoop(io.ComfyNode):
         wave, rate = common.audio_waveform(audio)
         silent = common.warn_if_silent(wave)
         image = common.image_to_core(portrait, "portrait")[:1]
-        memo = getattr(model, "family", "letstalk") == "memo"
+        memo = common.is_memo(model)
         if memo and sampler not in ("auto", "euler"):
             raise ValueError(f"MEMO samples with Euler steps of rectified flow; set sampler to auto or euler (got {sampler}).")
         settings = _settings("euler" if memo else sampler, steps, seed, portrait_guidance, audio_guidance,
