@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from .runtime import CoreShare, add_compile_option, add_threads_option, apply_threads, prepare_threads
+from .runtime import CoreShare, add_compile_option, add_threads_option, apply_threads, prepare_threads, run_threads
 
 DEMO_NAME = "demo"  # --checkpoint demo: the shipped demo model
 
@@ -65,6 +65,13 @@ def _add_generate(sub) -> None:
                    help="MEMO: where no face is found, use MEMO's zero face embedding instead of stopping")
     p.add_argument("--fps", type=float, default=None, help="MEMO: frame rate of the video (default: MEMO's 30)")
     p.add_argument("--size", type=int, default=512, help="MEMO: frame side in pixels (MEMO was trained at 512)")
+    p.add_argument("--memory-tier", default="auto", choices=["auto", "24gb", "16gb", "12gb"],
+                   help="MEMO: how the run trades speed for memory (24gb: everything on the device; 16gb: Reference "
+                        "Net and VAE offloaded while sampling, guidance rows one after the other, smaller chunks; "
+                        "12gb: also the memory state on the CPU). auto: the fastest whose memory plan fits")
+    p.add_argument("--state-dtype", default="auto", choices=["auto", "fp32"],
+                   help="MEMO: the memory state's dtype (auto: the model's, with fp32 sums, as MEMO's authors; "
+                        "fp32: twice the memory)")
     p.add_argument("--cfg-scale", type=float, default=None,
                    help="MEMO: its one guidance scale over all conditions (default: MEMO's 3.5)")
     p.add_argument("--sampler", default=None,
@@ -128,8 +135,17 @@ def cmd_generate(a) -> int:
     if memo:
         from .unet.generator import emotion_source, load_memo_generator, portrait_face_embedding
 
-        gen = load_memo_generator(checkpoint, vae=a.vae, speech_encoder=a.speech_encoder, device=a.device,
-                                  dtype=a.dtype, fps=a.fps, size=a.size)
+        from .loading import pick_device, pick_dtype
+        from .unet.loading import open_memo_folder
+        from .unet.memory_plan import choose_options
+
+        device, dtype = pick_device(a.device), None
+        dtype = pick_dtype(a.dtype, device)
+        tier, options, plan = choose_options(open_memo_folder(checkpoint), tier=a.memory_tier,
+                                             state_dtype=a.state_dtype, device=device, size=a.size, dtype=dtype)
+        print(f"letstalk: memory tier {tier}; " + "\n  ".join(plan.lines()), file=sys.stderr)
+        gen = load_memo_generator(checkpoint, vae=a.vae, speech_encoder=a.speech_encoder, device=device,
+                                  dtype=dtype, fps=a.fps, size=a.size, options=options)
         if a.sampler not in (None, "euler"):
             raise ValueError(f"MEMO samples with Euler steps of rectified flow; --sampler {a.sampler} does not apply.")
         emotions = emotion_source(a.emotion, a.emotion_encoder, gen)
@@ -167,7 +183,7 @@ def cmd_generate(a) -> int:
           f"device {gen.device}, {torch.get_num_threads()} threads"
           + (f"; resuming after clip {done}" if done else ""), file=sys.stderr)
     bar = tqdm(total=n_clips * steps, initial=done * steps, unit="step", desc="clips", dynamic_ncols=True)
-    share = CoreShare() if not a.threads else None  # --threads N: exactly N threads
+    share = CoreShare() if a.share_cores else None  # by default the pool is fixed: the result is exact
     current = {"clip": -1}
 
     def on_step(info) -> None:
@@ -178,16 +194,19 @@ def cmd_generate(a) -> int:
         bar.update(1)
 
     try:
-        with open_video(out, gen.config.video.fps, waveform, rate, settings.overlap, crf=a.crf,
-                        metadata={"comment": f"LetsTalk {checkpoint.name} seed={a.seed}"}) as writer:
+        with run_threads(state.threads if state else None), \
+                open_video(out, gen.config.video.fps, waveform, rate, settings.overlap, crf=a.crf,
+                           metadata={"comment": f"LetsTalk {checkpoint.name} seed={a.seed}"}) as writer:
             if store:
                 for frames in store.stored_clips(done):
                     writer.write(frames)
-            for clip, latents, new_state in gen.iter_clips(prepared, settings, state=state, on_step=on_step):
+            clips = gen.iter_clips(prepared, settings, state=state, on_step=on_step,
+                                   replay=store.replay(state) if store else None)
+            for clip, latents, new_state in clips:
                 frames = torch.cat(list(gen.decode_clip(latents, clip, settings.decode_chunk)))
                 writer.write(frames)
                 if store:
-                    store.save(clip.index, frames, new_state)  # written in the background
+                    store.save(clip.index, frames, new_state, latents)  # written in the background
     finally:
         bar.close()
         if store:
@@ -215,7 +234,7 @@ def cmd_info(a) -> int:
 
     path = checkpoint_path(a.checkpoint)
     if path.is_dir():
-        return memo_info(path, a.json)
+        return memo_info(path, a.json, a.size)
     config, groups, meta = read_checkpoint(path)
     model = load_transformer(config, groups["dit"])
     recipe = inference_recipe(config, meta)
@@ -262,14 +281,27 @@ def machine_line(m: dict) -> str:
     return f"this machine: --device auto → {m['device']}, --dtype auto → {m['dtype']} ({m['why']})"
 
 
-def memo_info(path: Path, as_json: bool) -> int:
-    """``letstalk info <MEMO folder>``: the folder checked (configs and headers), what it holds, the recipe."""
+def memo_info(path: Path, as_json: bool, size: int = 512) -> int:
+    """``letstalk info <MEMO folder>``: the folder checked (configs and headers), what it holds, the recipe,
+    and the memory plan of each tier at ``size``² (CUDA, bf16; and this machine's CPU)."""
     import json
 
+    import torch
+
+    from .loading import pick_dtype
     from .unet.generator import MemoConfig
     from .unet.loading import describe_memo_folder, open_memo_folder
+    from .unet.memory_plan import TIERS, free_memory, plan_memo
 
-    info = describe_memo_folder(open_memo_folder(path))
+    folder = open_memo_folder(path)
+    info = describe_memo_folder(folder)
+    cpu_dtype = pick_dtype("auto", torch.device("cpu"))
+    info["memory_plans"] = {
+        "cuda_bf16": {n: plan_memo(folder, size=size, dtype=torch.bfloat16, device="cuda", options=o).as_dict()
+                      for n, o in TIERS.items()},
+        "cpu": {"dtype": str(cpu_dtype).replace("torch.", ""), "available_bytes": free_memory(torch.device("cpu")),
+                **{n: plan_memo(folder, size=size, dtype=cpu_dtype, device="cpu", options=o).as_dict()
+                   for n, o in TIERS.items()}}}
     recipe = MemoConfig()
     info["recipe"] = {"size": recipe.video.width, "fps": recipe.video.fps, "clip_frames": recipe.video.clip_frames,
                       "past_frames": recipe.memory.frames, "steps": recipe.steps, "cfg_scale": recipe.cfg_scale,
@@ -293,6 +325,15 @@ def memo_info(path: Path, as_json: bool) -> int:
           f"frames, {r['steps']} {r['sampler']} steps, CFG {r['cfg_scale']}")
     print("runs with: --vae (sd-vae-ft-mse), --speech-encoder (wav2vec2-base-960h), and for --emotion auto "
           "--emotion-encoder (emotion2vec_plus_large); see the README's MEMO section")
+    print(f"memory plans at {size}² (peak device memory; `--memory-tier` chooses, auto takes the fastest that fits):")
+    for n, p in info["memory_plans"]["cuda_bf16"].items():
+        print(f"  CUDA, bf16, tier {n:5} {p['peak'] / 2**30:6.2f} GiB  (largest: {p['largest_stage']}; "
+              f"{TIERS[n].describe()})")
+    cpu = info["memory_plans"]["cpu"]
+    for n in TIERS:
+        p = cpu[n]
+        print(f"  this CPU, {cpu['dtype']}, tier {n:5} {p['peak'] / 2**30:6.2f} GiB  (largest: {p['largest_stage']})")
+    print(f"  this CPU has {cpu['available_bytes'] / 2**30:.1f} GiB available")
     print(machine_line(info["machine"]))
     return 0
 
@@ -365,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="describe a checkpoint or a MEMO folder")
     p.add_argument("checkpoint", help="a LetsTalk checkpoint (.safetensors), 'demo', or a MEMO model folder")
     p.add_argument("--json", action="store_true", help="print everything, with the full config and training recipe, as JSON")
+    p.add_argument("--size", type=int, default=512, help="MEMO: the frame side the memory plans are made for")
     p = sub.add_parser("init", help="write an UNTRAINED model of a preset (to try the pipeline)")
     p.add_argument("--preset", default="tiny", help="preset name (letstalk params lists them)")
     p.add_argument("--out", required=True, help="output .safetensors")

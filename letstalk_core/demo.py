@@ -102,7 +102,7 @@ def run_demo_command(a) -> int:
                                   memory_anchor=RECOMMENDED_MEMORY_ANCHOR if a.memory_anchor is None else a.memory_anchor)
     t0 = time.perf_counter()
     plan = plan_clips(frame_count(int(wave.shape[-1]), rate, cfg.video.fps), cfg.video.clip_frames, settings.overlap)
-    share = CoreShare() if not a.threads else None  # --threads N: exactly N threads
+    share = CoreShare() if a.share_cores else None  # by default the pool is fixed: the result is exact
 
     def on_clip(clip) -> None:
         bar.update(1)

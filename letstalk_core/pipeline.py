@@ -24,7 +24,7 @@ import hashlib
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Iterable, Iterator, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -176,15 +176,25 @@ def clip_seed(seed: int, index: int) -> int:
 class GenerationState:
     """Where a run stands after a clip: the next clip to make, the memory it needs and, with overlap,
     the previous clip's tail still to be crossfaded. ``fingerprint`` ties it to one (model, inputs,
-    settings), so it cannot resume a different run by mistake."""
+    settings), so it cannot resume a different run by mistake; ``threads`` is the CPU pool it ran with
+    (sums split over another count round differently, so a resume uses the same).
+
+    A family whose memory is large and rebuilt from the finished clips (MEMO: ``replays_memory``) keeps
+    no memory here (``memory`` is None): a resume replays each finished clip's latents through the
+    family's ``remember``, which the loop's caller stores beside the clip's frames."""
 
     next_clip: int
-    memory: torch.Tensor | dict[str, torch.Tensor]  # LetsTalk: latent frames; MEMO: the linear-attention state
+    memory: torch.Tensor | dict[str, torch.Tensor] | None  # LetsTalk: latent frames; None: rebuilt by replay
     fingerprint: str
     tail: torch.Tensor | None = None
+    threads: int | None = None
+
+    @property
+    def replay(self) -> bool:
+        return self.memory is None
 
     def nbytes(self) -> int:
-        tensors = self.memory.values() if isinstance(self.memory, dict) else [self.memory]
+        tensors = [] if self.memory is None else self.memory.values() if isinstance(self.memory, dict) else [self.memory]
         return sum(t.numel() * t.element_size() for t in [*tensors, *([self.tail] if self.tail is not None else [])])
 
     def save(self, path) -> Path:
@@ -193,14 +203,19 @@ class GenerationState:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        if isinstance(self.memory, dict):
+        if self.memory is None:
+            tensors = {}
+        elif isinstance(self.memory, dict):
             tensors = {f"memory/{k}": v.detach().cpu().contiguous() for k, v in self.memory.items()}
         else:
             tensors = {"memory": self.memory.detach().cpu().contiguous()}
         if self.tail is not None:
             tensors["tail"] = self.tail.detach().cpu().contiguous()
-        save_file(tensors, str(tmp),
-                  metadata={"next_clip": str(self.next_clip), "fingerprint": self.fingerprint})
+        meta = {"next_clip": str(self.next_clip), "fingerprint": self.fingerprint,
+                "memory": "replay" if self.memory is None else "stored"}
+        if self.threads:
+            meta["threads"] = str(int(self.threads))
+        save_file(tensors, str(tmp), metadata=meta)
         tmp.replace(path)  # atomic: an interrupted save never leaves a broken state file
         return path
 
@@ -214,11 +229,14 @@ class GenerationState:
                 raise ValueError(f"'{path}' is not a LetsTalk generation state file.")
             keys = list(f.keys())
             tail = f.get_tensor("tail") if "tail" in keys else None
-            if "memory" in keys:
+            if meta.get("memory") == "replay":
+                memory = None
+            elif "memory" in keys:
                 memory = f.get_tensor("memory")
             else:
                 memory = {k[len("memory/"):]: f.get_tensor(k) for k in keys if k.startswith("memory/")}
-            return cls(int(meta["next_clip"]), memory, meta["fingerprint"], tail)
+            threads = int(meta["threads"]) if meta.get("threads") else None
+            return cls(int(meta["next_clip"]), memory, meta["fingerprint"], tail, threads)
 
 
 @dataclass
@@ -408,9 +426,10 @@ class LetsTalkGenerator:
         return sampler(model_fn, noise, self.schedule, steps=settings.steps, generator=gen, callback=callback)
 
     def iter_clips(self, prepared: PreparedInputs, settings: GenerationSettings, *, state: GenerationState | None = None,
-                   on_step: Callable[[StepInfo], None] | None = None) -> Iterator[tuple[ClipPlan, torch.Tensor, GenerationState]]:
+                   on_step: Callable[[StepInfo], None] | None = None,
+                   replay=None) -> Iterator[tuple[ClipPlan, torch.Tensor, GenerationState]]:
         """See :func:`run_clips` (the loop every model family shares)."""
-        return run_clips(self, prepared, settings, state=state, on_step=on_step)
+        return run_clips(self, prepared, settings, state=state, on_step=on_step, replay=replay)
 
     # --- the family interface of run_clips ----------------------------------------------------------
     def start_memory(self, prepared: PreparedInputs, settings: GenerationSettings) -> torch.Tensor:
@@ -479,22 +498,44 @@ class ClipFamily(Protocol):
 
 
 def run_clips(family: ClipFamily, prepared, settings: GenerationSettings, *, state: GenerationState | None = None,
-              on_step: Callable[[StepInfo], None] | None = None) -> Iterator[tuple[ClipPlan, torch.Tensor, GenerationState]]:
+              on_step: Callable[[StepInfo], None] | None = None,
+              replay: Iterable[torch.Tensor] | None = None) -> Iterator[tuple[ClipPlan, torch.Tensor, GenerationState]]:
     """The long-video loop of every family: yield ``(clip, latents, state after the clip)`` for every
     clip from ``state`` on. ``latents`` ``[1, C, clip.emitted, h, w]`` are the finished output frames
     ``[clip.start, clip.start + clip.emitted)``: the clip's head crossfaded with the previous clip's
-    tail, its tail held back. The memory is updated after every clip but the last."""
+    tail, its tail held back. The memory is updated after every clip but the last.
+
+    A family with ``replays_memory`` keeps no memory in the yielded states; to resume it, ``replay``
+    gives the finished clips' yielded latents in order, and the memory is rebuilt by running the
+    family's ``remember`` over them exactly as the interrupted run did (bit-identical, and a clip's
+    resume data is its latents, not the memory)."""
     fp = family.fingerprint(prepared, settings)
     plan = family.plan(prepared, settings)
+    replays = bool(getattr(family, "replays_memory", False))
     memory, tail, first = None, None, 0
     if state is not None:
         if state.fingerprint != fp:
             raise ValueError("this saved state belongs to another run (different model, portrait, audio or "
                              "settings); delete it or resume with the exact same inputs.")
-        memory, first = family.memory_from_state(state.memory), state.next_clip
+        first = state.next_clip
         tail = None if state.tail is None else state.tail.to(family.device, torch.float32)
+        if state.memory is not None:
+            memory = family.memory_from_state(state.memory)
+        elif first:
+            if not replays or replay is None:
+                raise ValueError("this saved state keeps no memory: resume it with the finished clips' latents "
+                                 "(the resume folder's clip_*.latents.safetensors).")
+            memory = family.start_memory(prepared, settings)
+            done = 0
+            for clip, latents in zip(plan[:first], replay):
+                memory = family.remember(prepared, memory, latents.to(family.device, torch.float32), clip, settings)
+                done += 1
+            if done != first:
+                raise ValueError(f"the resume data holds {done} finished clips' latents; the state needs {first}.")
+            getattr(family, "forget_decoded", lambda: None)()
     if memory is None:
         memory = family.start_memory(prepared, settings)
+    threads = torch.get_num_threads()
     for clip in plan[first:]:
         latents = family.sample_clip(prepared, clip, family.clip_memory(prepared, memory, settings), settings, on_step)
         out = latents[:, :, :clip.emitted]
@@ -503,8 +544,8 @@ def run_clips(family: ClipFamily, prepared, settings: GenerationSettings, *, sta
         tail = latents[:, :, clip.emitted:clip.frames] if clip.tail else None
         if clip.index + 1 < len(plan):
             memory = family.remember(prepared, memory, out, clip, settings)
-        yield clip, out, GenerationState(clip.index + 1, family.memory_to_state(memory), fp,
-                                         None if tail is None else tail.detach().cpu())
+        kept = None if replays else family.memory_to_state(memory)
+        yield clip, out, GenerationState(clip.index + 1, kept, fp, None if tail is None else tail.detach().cpu(), threads)
 
 
 def open_video(path, fps, waveform, sample_rate: int, overlap: int, *, metadata: dict[str, str] | None = None,

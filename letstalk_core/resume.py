@@ -1,7 +1,10 @@
 """Interrupt-safe long runs: finished clips and the generation state are kept in a folder.
 
 After every clip its decoded frames (uint8) and the :class:`~letstalk_core.pipeline.GenerationState`
-are written atomically. A run started again with the same folder and the same inputs replays the
+are written atomically. For a family that rebuilds its memory on resume (MEMO, whose state is 6.5 GiB
+at 512² in bf16), the state holds no memory and the clip's finished latents are written beside its
+frames instead (``clip_00000.latents.safetensors``, 1 MiB a clip at 512²): a resume replays them
+through the family's memory update. A run started again with the same folder and the same inputs replays the
 stored clips and continues from the next one; the result equals an uninterrupted run.
 
 The writes happen off the sampling path (:meth:`ClipStore.save` hands them to one background thread,
@@ -36,6 +39,23 @@ class ClipStore:
     def clip_path(self, index: int) -> Path:
         return self.folder / f"clip_{index:05d}.npy"
 
+    def latents_path(self, index: int) -> Path:
+        return self.folder / f"clip_{index:05d}.latents.safetensors"
+
+    def save_latents(self, index: int, latents: torch.Tensor) -> None:
+        from safetensors.torch import save_file
+
+        tmp = self.latents_path(index).with_suffix(".tmp")
+        save_file({"latents": latents.detach().cpu().float().contiguous()}, str(tmp))
+        tmp.replace(self.latents_path(index))
+
+    def stored_latents(self, count: int) -> Iterator[torch.Tensor]:
+        """The first ``count`` clips' stored latents, one at a time (for a replayed resume)."""
+        from safetensors.torch import load_file
+
+        for i in range(count):
+            yield load_file(str(self.latents_path(i)))["latents"]
+
     @staticmethod
     def to_uint8(frames: torch.Tensor) -> np.ndarray:
         """Frames ``[n, 3, H, W]`` in [-1, 1] → ``[n, H, W, 3]`` uint8, the video writer's rounding."""
@@ -51,27 +71,33 @@ class ClipStore:
     def save_state(self, state: GenerationState) -> None:
         state.save(self.folder / STATE_FILE)
 
-    def save(self, index: int, frames: torch.Tensor, state: GenerationState) -> None:
-        """Store clip ``index`` and the state after it in the background (clip first, then state, so a
-        state never points past a clip on disk). Waits for the previous clip's write first: at most one
-        clip is in flight, and a failed write surfaces at the next clip."""
+    def save(self, index: int, frames: torch.Tensor, state: GenerationState, latents: torch.Tensor | None = None) -> None:
+        """Store clip ``index`` (its frames and, for a replayed memory, its latents) and the state after it
+        in the background (clip first, then state, so a state never points past a clip on disk). Waits
+        for the previous clip's write first: at most one clip is in flight, and a failed write surfaces at
+        the next clip."""
         arr = self.to_uint8(frames)
+        if state.memory is None and latents is None:
+            raise ValueError("a state without memory needs the clip's latents to be resumable.")
+        latents = None if latents is None else latents.detach().cpu()
 
         def snapshot(t: torch.Tensor) -> torch.Tensor:
             # The loop replaces its memory and tail tensors each clip and never writes into them, so a
             # reference is a snapshot (a copy would be 13 GiB a clip for MEMO at 512²); off-CPU: the copy to host.
             return t.detach().cpu()
 
-        memory = ({k: snapshot(v) for k, v in state.memory.items()} if isinstance(state.memory, dict)
-                  else snapshot(state.memory))
+        memory = (None if state.memory is None else {k: snapshot(v) for k, v in state.memory.items()}
+                  if isinstance(state.memory, dict) else snapshot(state.memory))
         state = GenerationState(state.next_clip, memory, state.fingerprint,
-                                None if state.tail is None else snapshot(state.tail))
+                                None if state.tail is None else snapshot(state.tail), state.threads)
         self.flush()
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="letstalk-resume")
 
         def write() -> None:
             self.save_clip(index, arr)
+            if latents is not None:
+                self.save_latents(index, latents)
             self.save_state(state)
 
         self._pending = self._executor.submit(write)
@@ -102,6 +128,8 @@ class ClipStore:
         self.close()
         freed = 0
         for f in [*self.folder.glob("clip_[0-9][0-9][0-9][0-9][0-9].npy"), *self.folder.glob("clip_*.tmp.npy"),
+                  *self.folder.glob("clip_[0-9][0-9][0-9][0-9][0-9].latents.safetensors"),
+                  *self.folder.glob("clip_[0-9][0-9][0-9][0-9][0-9].latents.tmp"),
                   self.folder / STATE_FILE, self.folder / (STATE_FILE + ".tmp")]:
             if f.is_file():
                 freed += f.stat().st_size
@@ -121,10 +149,15 @@ class ClipStore:
         if state.fingerprint != fingerprint:
             raise ValueError(f"'{self.folder}' holds an interrupted run of different inputs or settings; "
                              "use another resume folder or delete this one.")
-        missing = [i for i in range(state.next_clip) if not self.clip_path(i).exists()]
+        missing = [i for i in range(state.next_clip) if not self.clip_path(i).exists()
+                   or (state.replay and not self.latents_path(i).exists())]
         if missing:
             raise ValueError(f"'{self.folder}' is missing clip files {missing[:5]}; delete the folder to start over.")
         return state
+
+    def replay(self, state: GenerationState | None) -> Iterator[torch.Tensor] | None:
+        """What the loop needs to resume ``state``: the finished clips' latents when it keeps no memory."""
+        return self.stored_latents(state.next_clip) if state is not None and state.replay else None
 
     def stored_clips(self, count: int) -> Iterator[np.ndarray]:
         """The first ``count`` stored clips as uint8 ``[n, H, W, 3]`` arrays, one at a time."""

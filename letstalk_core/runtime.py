@@ -14,6 +14,12 @@ wait at every barrier for its slowest thread, and a thread that lost its core to
 holds up the whole operation for a time slice. :class:`CoreShare` therefore sizes the pool, between
 clips, to the cores the *other* processes left free over the last clip (from ``/proc/stat`` minus this
 process's own CPU time; Linux only, elsewhere the pool stays as it is).
+
+The number of threads is part of the numerics: a reduction split over 1 or 2 threads sums in another
+order (measured on MEMO's tiny test model: 1.1e-5 apart in fp32). So the pool is fixed for a run unless
+``--share-cores`` asks for :class:`CoreShare` (then a run next to another job is faster, and its last bits
+depend on that job), and a resumed run uses the thread count its saved state records
+(:func:`run_threads`), so that it equals the uninterrupted run bit for bit.
 """
 from __future__ import annotations
 
@@ -24,8 +30,36 @@ THREADS_HELP = ("CPU threads for torch (0 = one per core). Idle threads sleep in
                 "leave cores free")
 
 
+SHARE_HELP = ("resize the thread pool between clips to the cores other processes leave free (faster next to "
+              "another job; the frames then depend on that job in their last bits, so two runs or a resumed run "
+              "may differ slightly). Off: the pool is fixed for the run and the result is exact")
+
+
 def add_threads_option(parser) -> None:
     parser.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
+    parser.add_argument("--share-cores", action="store_true", help=SHARE_HELP)
+
+
+class run_threads:
+    """For one run: torch's pool at ``threads`` (None: as it is), restored afterwards. A resumed run passes
+    the count its saved state records, so its sums split as the interrupted run's did."""
+
+    def __init__(self, threads: int | None = None) -> None:
+        self.threads = threads
+
+    def __enter__(self) -> int:
+        import torch
+
+        self._before = torch.get_num_threads()
+        if self.threads and self.threads != self._before:
+            torch.set_num_threads(int(self.threads))
+        return torch.get_num_threads()
+
+    def __exit__(self, *exc) -> None:
+        import torch
+
+        if torch.get_num_threads() != self._before:
+            torch.set_num_threads(self._before)
 
 
 def prepare_threads(threads: int = 0) -> None:

@@ -29,8 +29,8 @@ def require_finite(x: torch.Tensor, name: str, hint: str = "") -> torch.Tensor:
     NaN and ±inf propagate into a sum, so a finite sum proves the tensor finite without allocating a
     tensor-sized mask (which matters for minutes of audio); only a non-finite sum (or an overflow)
     takes the exact, element-wise check."""
-    if x.numel() == 0 or not x.is_floating_point() or torch.isfinite(x.sum()):
-        return x
+    if x.numel() == 0 or not x.is_floating_point() or x.is_meta or torch.isfinite(x.sum()):
+        return x  # (a meta tensor has no values: memory plans run the code on shapes alone)
     bad = int((~torch.isfinite(x)).sum())
     if bad:
         raise ValueError(f"{name} contains {bad} NaN or infinite values. {hint}".strip())

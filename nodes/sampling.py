@@ -175,6 +175,7 @@ class LetsTalkMemoryBankLoop(io.ComfyNode):
         import torch
 
         from ..letstalk_core.resume import ClipStore
+        from ..letstalk_core.runtime import run_threads
 
         wave, rate = common.audio_waveform(audio)
         silent = common.warn_if_silent(wave)
@@ -222,11 +223,15 @@ class LetsTalkMemoryBankLoop(io.ComfyNode):
                 progress.start_clip(info.clip, info.clips, _memory_text(plan, info.clip, f, settings.use_memory))
             progress.step(info)
 
+        threads = run_threads(state.threads if state else None)  # a resume splits its sums as the first run did
         try:
+            threads.__enter__()
             for clip, frames in zip(plan[:done], store.stored_clips(done) if store else []):
                 sink.write(clip.start, torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1)
             progress.skip(done * settings.steps)
-            for clip, latents, new_state in gen.iter_clips(prepared, settings, state=state, on_step=on_step):
+            clips = gen.iter_clips(prepared, settings, state=state, on_step=on_step,
+                                   replay=store.replay(state) if store else None)
+            for clip, latents, new_state in clips:
                 pos = clip.start
                 decoded = []
                 for chunk in gen.decode_clip(latents, clip, settings.decode_chunk):
@@ -235,11 +240,12 @@ class LetsTalkMemoryBankLoop(io.ComfyNode):
                     if store:
                         decoded.append(chunk)
                 if store:
-                    store.save(clip.index, torch.cat(decoded), new_state)  # written in the background
+                    store.save(clip.index, torch.cat(decoded), new_state, latents)  # written in the background
         except BaseException:
             sink.abort()
             raise
         finally:
+            threads.__exit__(None, None, None)
             if store:
                 store.close()  # a cancelled run keeps every clip it finished
         video = sink.finish()

@@ -458,7 +458,7 @@ class SDVAE(nn.Module):
                 f"e.g. {max(f, h // f * f)}x{max(f, w // f * f)} first."
             )
         require_finite(x, name, "Check the image source.")
-        if x.numel():
+        if x.numel() and not x.is_meta:
             lo, hi = float(x.min()), float(x.max())
             if lo < -1 - _RANGE_TOLERANCE or hi > 1 + _RANGE_TOLERANCE:
                 raise ValueError(

@@ -58,8 +58,30 @@ def fold(state: tuple[torch.Tensor, torch.Tensor] | None, past: tuple[torch.Tens
     """The state after one update: ``past`` for an empty state, else ``γ^F·state + past``."""
     if state is None:
         return past
-    factor = decay ** frames
-    return state[0].to(past[0].dtype) * factor + past[0], state[1].to(past[1].dtype) * factor + past[1]
+    factor = decay ** frames  # on a fresh float32 copy, in place: one layer's temporaries, not three
+    return (state[0].to(past[0].dtype, copy=True).mul_(factor).add_(past[0]),
+            state[1].to(past[1].dtype, copy=True).mul_(factor).add_(past[1]))
+
+
+FOLD_CHUNK_BYTES = 64 * 2 ** 20  # float32 KV per chunk of rows in fold_past: a chunk's temporaries, not a layer's
+
+
+def fold_past(state: tuple[torch.Tensor, torch.Tensor] | None, keys: torch.Tensor, values: torch.Tensor, frames: int,
+              *, dtype: torch.dtype, decay: float = MEMORY_DECAY,
+              chunk_bytes: int = FOLD_CHUNK_BYTES) -> tuple[torch.Tensor, torch.Tensor]:
+    """``fold(state, past_contribution(keys, values))`` stored in ``dtype``, computed a chunk of rows at a
+    time (every row — a location and head — is independent): the same numbers, with one chunk's float32
+    temporaries instead of a whole layer's (1.3 GiB for the largest layer at 512²)."""
+    n, dk, dv = keys.shape[0], keys.shape[-1], values.shape[-1]
+    rows = max(1, chunk_bytes // (dk * dv * 4))
+    kv_out = torch.empty((n, dk, dv), dtype=dtype, device=keys.device)
+    z_out = torch.empty((n, 1, dk), dtype=dtype, device=keys.device)
+    for s in range(0, n, rows):
+        old = None if state is None else (state[0][s:s + rows], state[1][s:s + rows])
+        kv, z = fold(old, past_contribution(keys[s:s + rows], values[s:s + rows], decay), frames, decay)
+        kv_out[s:s + rows] = kv
+        z_out[s:s + rows] = z
+    return kv_out, z_out
 
 
 def attend(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
@@ -69,8 +91,8 @@ def attend(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
     acc = _acc_dtype(queries)
     q = torch.softmax(queries.to(acc), dim=-1) * scale
     k = torch.softmax(keys.to(acc), dim=-2)
-    kv = decay * state[0].to(acc) + torch.einsum("bnd,bne->bde", k, values.to(acc))
-    z = decay * state[1].to(acc) + k.sum(dim=-2, keepdim=True)
+    kv = state[0].to(acc, copy=True).mul_(decay).add_(torch.einsum("bnd,bne->bde", k, values.to(acc)))
+    z = state[1].to(acc, copy=True).mul_(decay).add_(k.sum(dim=-2, keepdim=True))
     num = torch.einsum("bnd,bde->bne", q, kv)
     den = torch.einsum("bnd,bod->bno", q, z)
     return (num / den.clamp(min=DENOMINATOR_MIN)).to(queries.dtype)
@@ -89,6 +111,7 @@ class LinearAttentionMemory:
     decay: float = MEMORY_DECAY
     layers: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     clips: int = 0
+    storage: torch.device | None = None  # keep the tensors here (e.g. the CPU) and move each layer's when read
 
     def reset(self) -> None:
         """Forget everything: the start of a new video."""
@@ -99,16 +122,37 @@ class LinearAttentionMemory:
     def empty(self) -> bool:
         return not self.layers
 
-    def get(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def get(self, name: str, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer ``name``'s ``(KV, Z)``, on ``device`` when given (a state kept elsewhere is copied there)."""
         if name not in self.layers:
             raise RuntimeError(
                 f"The memory has no state for layer '{name}': update it with the past frames' reference "
                 "features before sampling (DiffusionNet.update_memory), or reset it for a new video."
             )
-        return self.layers[name]
+        kv, z = self.layers[name]
+        if device is not None and kv.device != torch.device(device):
+            return kv.to(device, non_blocking=True), z.to(device, non_blocking=True)
+        return kv, z
+
+    def find(self, name: str, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return self.get(name, device) if name in self.layers else None
 
     def put(self, name: str, kv: torch.Tensor, z: torch.Tensor) -> None:
-        self.layers[name] = (kv.to(self.dtype), z.to(self.dtype))
+        kv, z = kv.to(self.dtype), z.to(self.dtype)
+        if self.storage is not None and kv.device != self.storage:
+            pin = self.storage.type == "cpu" and kv.device.type == "cuda"
+            kv, z = ((t.to(self.storage).pin_memory() if pin else t.to(self.storage)) for t in (kv, z))
+        self.layers[name] = (kv, z)
+
+    def rows(self, index: int, count: int) -> "LinearAttentionMemory":
+        """The state of batch row ``index`` of ``count`` (the guidance branches), as views: a forward of
+        that row alone reads exactly the numbers the batched forward reads for it (each layer's state is
+        ``[B·L·H, …]``, batch-major, see ``unet/temporal.py``)."""
+        out = LinearAttentionMemory(dtype=self.dtype, decay=self.decay, clips=self.clips, storage=self.storage)
+        for name, (kv, z) in self.layers.items():
+            n = kv.shape[0] // count
+            out.layers[name] = (kv[index * n:(index + 1) * n], z[index * n:(index + 1) * n])
+        return out
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for pair in self.layers.values() for t in pair)

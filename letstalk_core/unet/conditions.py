@@ -101,9 +101,20 @@ def initial_past_features(ref_features: dict[str, torch.Tensor], past: int) -> d
 
 @torch.no_grad()
 def past_features(net: ReferenceNet, past_latents: torch.Tensor, face_tokens: torch.Tensor,
-                  uncond_face_tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+                  uncond_face_tokens: torch.Tensor, *, chunk: int = 0) -> dict[str, torch.Tensor]:
     """Reference-Net features of the past frames' latents ``[P, 4, h, w]`` (oldest first) for both
-    guidance branches, each frame with the context the reference pairs it with."""
+    guidance branches, each frame with the context the reference pairs it with. ``chunk`` > 0: at most
+    that many images per Reference-Net pass (the 2·P images are independent; the activations shrink,
+    the features are the same images' features)."""
     p = past_latents.shape[0]
     ctx = _contexts(face_tokens, uncond_face_tokens)[torch.tensor(_pairing(p), device=face_tokens.device)]
-    return _as_past(net(past_latents.repeat(2, 1, 1, 1), ctx, 0), p)
+    images = past_latents.repeat(2, 1, 1, 1)
+    if chunk <= 0 or chunk >= images.shape[0]:
+        return _as_past(net(images, ctx, 0), p)
+    out: dict[str, torch.Tensor] = {}  # filled in place: no second copy of the features
+    for start in range(0, images.shape[0], chunk):
+        for k, f in net(images[start:start + chunk], ctx[start:start + chunk], 0).items():
+            if k not in out:
+                out[k] = f.new_empty((images.shape[0], *f.shape[1:]))
+            out[k][start:start + f.shape[0]] = f
+    return _as_past(out, p)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from ..layers.embeddings import TimestepEmbedding
 from ..layers.resnet import Downsample, ResnetBlock, Upsample, group_norm
-from ..memory.linear_state import LinearAttentionMemory, fold
+from ..memory.linear_state import LinearAttentionMemory, fold_past
 from ..validation import require_tensor
 from .audio_module import AudioModule
 from .config import UNetConfig
@@ -148,8 +148,10 @@ class DiffusionNet(nn.Module):
             if key not in past_features:
                 raise ValueError(f"The past-frame features lack layer '{key}': they must come from this model's "
                                  "Reference Net.")
-            for name, past in module.past_contributions(past_features[key].to(dtype), frames).items():
-                memory.put(name, *fold(memory.layers.get(name), past, frames, memory.decay))
+            for name, keys, values in module.past_keys_values(past_features[key].to(dtype), frames):
+                old = memory.find(name, keys.device)
+                memory.put(name, *fold_past(old, keys, values, frames, dtype=memory.dtype, decay=memory.decay))
+                del old
         memory.clips += 1
 
     # -- denoising ------------------------------------------------------------------------------
@@ -190,7 +192,7 @@ class DiffusionNet(nn.Module):
         face = face.repeat_interleave(f, dim=0) if face.shape[0] == b else tile_context(face, b * f)
         audio = audio_tokens.to(dtype).reshape(b * f, *audio_tokens.shape[2:])
         emotion = torch.as_tensor(emotion, device=x.device).reshape(-1)
-        mask = None if uncond is None else torch.as_tensor(uncond, device=x.device).reshape(b).repeat_interleave(f)
+        mask = None if uncond is None else torch.as_tensor(uncond).cpu().reshape(b).repeat_interleave(f)
 
         def attention_layer(block, j, key, x, audio):
             x = block.attentions[j](x, reference_tokens[key], face, mask)

@@ -31,6 +31,7 @@ from ..pipeline import (ClipPlan, GenerationSettings, GenerationState, StepInfo,
                         prepare_portrait_image, run_clips)
 from .conditions import (AUDIO_MARGIN, initial_past_features, memo_speech_features, past_features,
                          reference_features, reference_tokens)
+from .memory_plan import MemoOptions
 from .sampling import MEMO_CFG, MEMO_STEPS, guided_conditions, guided_velocity, memo_schedule
 
 PAST_KEY = "past_frames"  # pixel frames the next memory update still needs (only with overlap)
@@ -101,11 +102,18 @@ class MemoGenerator:
     :class:`~letstalk_core.unet.loading.MemoModels`, ``vae`` an :class:`~letstalk_core.autoencoder.sd_vae.SDVAE`,
     ``speech_encoder`` a wav2vec2 :class:`~letstalk_core.audio.wav2vec2.Wav2Vec2Encoder`."""
 
+    replays_memory = True  # its state (GiBs at 512²) is rebuilt on resume from the finished clips' latents
+
     def __init__(self, models, vae, speech_encoder, *, config: MemoConfig | None = None, device="cpu",
-                 dtype=torch.float32):
+                 dtype=torch.float32, options: MemoOptions | None = None):
         self.models, self.vae, self.speech_encoder = models, vae, speech_encoder
         self.config = config or MemoConfig()
         self.device, self.dtype = torch.device(device), dtype
+        self.options = options or MemoOptions()
+        self.offload_device = torch.device("cpu")
+        # How the Reference Net and the VAE leave and rejoin the device under ``options.offload``: by default
+        # moved here; ComfyUI's nodes hand it to model management (``place(part_name, on_device)``).
+        self.place: Callable[[str, bool], None] | None = None
         self.schedule = memo_schedule()
         self.recipe = MemoRecipe()
         self._decoded: tuple[int, torch.Tensor] | None = None  # (clip index, its decoded frames)
@@ -143,7 +151,7 @@ class MemoGenerator:
         latent = self.encode_portrait(image, size_mode=size_mode)
         ref = reference_features(self.models.reference_net, latent.to(self.dtype), face, uncond)
         fp = hashlib.sha256()
-        fp.update(repr((self.config, self.models.folder.path.name)).encode())
+        fp.update(repr((self.config, self.models.folder.path.name, str(self.dtype), self.options)).encode())
         for t in (latent, emb, features, labels):
             fp.update(t.detach().float().cpu().numpy().tobytes())
         seconds = int(waveform.shape[-1]) / int(sample_rate)
@@ -161,9 +169,29 @@ class MemoGenerator:
         return self.config.cfg_scale if settings.cfg_scale is None else float(settings.cfg_scale)
 
     # --- the family interface of run_clips ----------------------------------------------------------
+    @property
+    def state_dtype(self) -> torch.dtype:
+        return self.options.state_torch_dtype(self.dtype)
+
+    def _parts_on_device(self, on_device: bool) -> None:
+        """Under ``options.offload`` (on an accelerator): the Reference Net and the VAE leave the device
+        while the Diffusion Net samples and come back for the memory update and the decode."""
+        if not self.options.offload or self.device.type == "cpu":
+            return
+        for name, module in (("reference_net", self.models.reference_net), ("vae", self.vae)):
+            if self.place is not None:
+                self.place(name, on_device)
+                continue
+            target = self.device if on_device else self.offload_device
+            if next(module.parameters()).device != target:
+                module.to(target)
+        if not on_device and self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
     def start_memory(self, prepared: MemoPrepared, settings: GenerationSettings) -> MemoMemoryState:
         """Clip 0: the reference image as all 16 past frames (a new video resets the state)."""
-        state = LinearAttentionMemory()
+        keep = self.offload_device if self.options.state_on_cpu and self.device.type != "cpu" else None
+        state = LinearAttentionMemory(dtype=self.state_dtype, storage=keep)
         p = self.config.memory.frames
         self.models.diffusion_net.update_memory(state, initial_past_features(prepared.ref_features, p), p,
                                                 new_video=True)
@@ -187,7 +215,9 @@ class MemoGenerator:
         cond = guided_conditions(reference_tokens=prepared.reference_tokens, face_tokens=prepared.face_tokens,
                                  uncond_face_tokens=prepared.uncond_face_tokens, audio_tokens=audio,
                                  emotion=clip_emotion(prepared.emotions, clip.start, clip.start + f))
-        model_fn = guided_velocity(self.models.diffusion_net, cond, memory, self.cfg_scale(settings))
+        self._parts_on_device(False)
+        model_fn = guided_velocity(self.models.diffusion_net, cond, memory, self.cfg_scale(settings),
+                                   sequential=self.options.sequential_guidance)
         callback = None
         if on_step is not None:
             def callback(info: dict) -> None:
@@ -206,11 +236,12 @@ class MemoGenerator:
             frames = torch.cat([memory.past_frames, frames])
         p = self.config.memory.frames
         past = frames[-p:]
-        latents = self.vae.encode(past.to(self.device), chunk_size=settings.decode_chunk)
+        self._parts_on_device(True)
+        latents = self.vae.encode(past.to(self.device), chunk_size=self.options.vae_frames(settings.decode_chunk))
         if past.shape[0] < p:  # fewer frames so far than an update takes (overlap): the reference image fills in
             latents = torch.cat([prepared.reference_latent.expand(p - past.shape[0], -1, -1, -1), latents])
         feats = past_features(self.models.reference_net, latents.to(self.dtype), prepared.face_tokens,
-                              prepared.uncond_face_tokens)
+                              prepared.uncond_face_tokens, chunk=self.options.reference_chunk)
         self.models.diffusion_net.update_memory(memory.state, feats, p, new_video=False)
         overlapping = settings.overlap > 0  # clips then emit fewer frames than an update takes
         return MemoMemoryState(memory.state, past.clone() if overlapping else None)
@@ -225,13 +256,18 @@ class MemoGenerator:
     def memory_from_state(self, stored: dict[str, torch.Tensor]) -> MemoMemoryState:
         stored = dict(stored)
         past = stored.pop(PAST_KEY, None)
-        state = LinearAttentionMemory()
+        state = LinearAttentionMemory(dtype=self.state_dtype)
         state.load_state_dict({k: v.to(self.device) for k, v in stored.items()})
         return MemoMemoryState(state, past)
 
     def iter_clips(self, prepared: MemoPrepared, settings: GenerationSettings, *, state: GenerationState | None = None,
-                   on_step: Callable[[StepInfo], None] | None = None):
-        return run_clips(self, prepared, settings, state=state, on_step=on_step)
+                   on_step: Callable[[StepInfo], None] | None = None, replay=None):
+        """The loop (:func:`~letstalk_core.pipeline.run_clips`); ``replay``: the finished clips' latents, to
+        resume ``state`` (MEMO's memory is rebuilt from them, not saved)."""
+        return run_clips(self, prepared, settings, state=state, on_step=on_step, replay=replay)
+
+    def forget_decoded(self) -> None:
+        self._decoded = None
 
     # --- decoding ----------------------------------------------------------------------------------
     def _decode(self, latents: torch.Tensor, clip: ClipPlan, chunk: int) -> torch.Tensor:
@@ -239,6 +275,8 @@ class MemoGenerator:
         if self._decoded is not None and self._decoded[0] == clip.index:
             return self._decoded[1]
         z = latents[0, :, :clip.emitted].transpose(0, 1)
+        self._parts_on_device(True)
+        chunk = self.options.vae_frames(chunk)
         frames = torch.cat([x.float().cpu() for x in self.vae.iter_decode(z.to(self.vae_dtype), chunk_size=chunk)])
         self._decoded = (clip.index, frames)
         return frames
@@ -254,7 +292,7 @@ class MemoGenerator:
         yield from frames.split(chunk)
 
 def load_memo_generator(folder, *, vae, speech_encoder, device="auto", dtype="auto", fps: float | None = None,
-                        size: int = 512) -> MemoGenerator:
+                        size: int = 512, options: MemoOptions | None = None) -> MemoGenerator:
     """A :class:`MemoGenerator` from a MEMO folder (checked now, networks loaded on first use), an SD VAE
     (``sd-vae-ft-mse``: a file or folder, see :func:`~letstalk_core.autoencoder.sd_vae.load_sd_vae`, or a
     loaded :class:`~letstalk_core.autoencoder.sd_vae.SDVAE`) and wav2vec2-base-960h (a file or folder, or
@@ -282,7 +320,8 @@ def load_memo_generator(folder, *, vae, speech_encoder, device="auto", dtype="au
     encoder = speech_encoder if isinstance(speech_encoder, Wav2Vec2Encoder) else load_wav2vec2(speech_encoder)
     encoder = encoder.to(dev).eval()
     video = MemoVideo(width=size, height=size, fps=float(fps) if fps else MemoVideo.fps)
-    return MemoGenerator(models, vae.to(dev).eval(), encoder, config=MemoConfig(video=video), device=dev, dtype=dt)
+    return MemoGenerator(models, vae.to(dev).eval(), encoder, config=MemoConfig(video=video), device=dev, dtype=dt,
+                         options=options)
 
 
 def portrait_face_embedding(image: torch.Tensor, face_models, *, allow_missing: bool = False) -> torch.Tensor:

@@ -57,20 +57,31 @@ def guided_conditions(*, reference_tokens: dict[str, torch.Tensor], face_tokens:
         face_tokens=torch.cat([uncond_face_tokens, face_tokens]),
         audio_tokens=torch.cat([torch.zeros_like(audio_tokens), audio_tokens]),
         emotion=torch.tensor([NULL_EMOTION, int(emotion)], device=dev),
-        uncond=torch.tensor([True, False], device=dev),
+        uncond=torch.tensor([True, False]),  # a host-side mask (the network reads it without a device sync)
     )
 
 
 def guided_velocity(net: DiffusionNet, conditions: GuidedConditions, memory: LinearAttentionMemory,
-                    scale: float = MEMO_CFG):
-    """``model_fn(x [1, C, F, h, w], t [1]) -> v_u + scale·(v_c − v_u)`` with one forward of batch 2."""
-    def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] != 1:
-            raise ValueError(f"MEMO samples one clip at a time; got a batch of {x.shape[0]}.")
+                    scale: float = MEMO_CFG, *, sequential: bool = False):
+    """``model_fn(x [1, C, F, h, w], t [1]) -> v_u + scale·(v_c − v_u)``: one forward of batch 2, or with
+    ``sequential`` the two rows one after the other (half the activations; each row reads its own rows of
+    the conditions and of the memory state, :meth:`LinearAttentionMemory.rows`)."""
+    def batched(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         pred = net(torch.cat([x, x]), t.reshape(-1)[:1].expand(2), reference_tokens=conditions.reference_tokens,
                    face_tokens=conditions.face_tokens, audio_tokens=conditions.audio_tokens,
                    emotion=conditions.emotion, memory=memory, uncond=conditions.uncond)
-        u, c = pred.float().chunk(2)
+        return pred.float().chunk(2)
+
+    def one_row(x: torch.Tensor, t: torch.Tensor, r: int) -> torch.Tensor:
+        c = conditions
+        return net(x, t.reshape(-1)[:1], reference_tokens={k: v[r:r + 1] for k, v in c.reference_tokens.items()},
+                   face_tokens=c.face_tokens[r:r + 1], audio_tokens=c.audio_tokens[r:r + 1],
+                   emotion=c.emotion[r:r + 1], memory=memory.rows(r, 2), uncond=c.uncond[r:r + 1]).float()
+
+    def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] != 1:
+            raise ValueError(f"MEMO samples one clip at a time; got a batch of {x.shape[0]}.")
+        u, c = (one_row(x, t, 0), one_row(x, t, 1)) if sequential else batched(x, t)
         return (u + scale * (c - u)).to(x.dtype)
 
     return model_fn

@@ -114,15 +114,18 @@ class ReferenceAttentionBlock(nn.Module):
         if n % b:
             raise ValueError(f"A reference batch of {b} cannot be spread over {n} rows.")
         k, v = self.attn1.project_kv(reference.to(normed.dtype))
+        uncond = None if uncond is None else torch.as_tensor(uncond).cpu()  # a host-side mask: no device sync
         if uncond is None or not bool(uncond.any()):  # every row sees the reference
             rows = torch.arange(n, device=x.device) % b
             attn = self.attn1(normed, extra_kv=(k[rows], v[rows]))
         else:
-            sees = ~uncond
+            own = uncond.nonzero().squeeze(1).to(x.device)
+            sees = (~uncond).nonzero().squeeze(1)
             attn = torch.empty_like(x)
-            attn[uncond] = self.attn1(normed[uncond])
-            if bool(sees.any()):
-                rows = sees.nonzero().squeeze(1) % b
+            attn[own] = self.attn1(normed[own])
+            if sees.numel():
+                rows = (sees % b).to(x.device)
+                sees = sees.to(x.device)
                 attn[sees] = self.attn1(normed[sees], extra_kv=(k[rows], v[rows]))
         x = x + attn
         x = x + self.attn2(self.norm2(x), context)

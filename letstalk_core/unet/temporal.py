@@ -56,7 +56,11 @@ class MemoryLinearAttention(nn.Module):
 
     def past_contribution(self, past: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``past [M, P, C]`` (normed past-frame tokens per location) → ``(KV_past, Z_past)``."""
-        return past_contribution(self._heads(self.to_k(past)), self._heads(self.to_v(past)))
+        return past_contribution(*self.past_keys_values(past))
+
+    def past_keys_values(self, past: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``past [M, P, C]`` → the past frames' keys and values per head ``[M·H, P, d]``."""
+        return self._heads(self.to_k(past)), self._heads(self.to_v(past))
 
     def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """``x [M, F, C]`` normed tokens of the current clip per location (``M = B·L``)."""
@@ -112,16 +116,19 @@ class MemoryTemporalModule(nn.Module):
         tt = self.temporal_transformer
         return tt.proj_in(_per_location(tt.norm(x), frames))
 
-    def past_contributions(self, past: torch.Tensor, frames: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    def past_keys_values(self, past: torch.Tensor, frames: int):
         """``past [B·P, C, H, W]``: the Reference-Net features of ``P`` past frames per video →
-        ``{layer name: (KV_past, Z_past)}``. Every layer sees the same (``proj_in``) tokens, normed by
-        its own LayerNorm, as in the reference."""
+        ``(layer name, keys, values)`` one layer at a time (each is folded into the state before the next
+        is computed, :func:`~letstalk_core.memory.linear_state.fold_past`). Every layer sees the same
+        (``proj_in``) tokens, normed by its own LayerNorm, as in the reference."""
         tokens = self._tokens(past, frames)
-        out = {}
         for block in self.temporal_transformer.transformer_blocks:
             for attn, norm in zip(block.attention_blocks, block.norms):
-                out[attn.memory_key] = attn.past_contribution(norm(tokens))
-        return out
+                yield (attn.memory_key, *attn.past_keys_values(norm(tokens)))
+
+    def past_contributions(self, past: torch.Tensor, frames: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """``{layer name: (KV_past, Z_past)}`` of :meth:`past_keys_values` (whole layers at once)."""
+        return {name: past_contribution(k, v) for name, k, v in self.past_keys_values(past, frames)}
 
     def forward(self, x: torch.Tensor, frames: int, memory: LinearAttentionMemory) -> torch.Tensor:
         n, c, h, w = x.shape
@@ -129,7 +136,7 @@ class MemoryTemporalModule(nn.Module):
         t = self._tokens(x, frames)
         for block in tt.transformer_blocks:
             for attn, norm in zip(block.attention_blocks, block.norms):
-                t = t + attn(norm(t), memory.get(attn.memory_key))
+                t = t + attn(norm(t), memory.get(attn.memory_key, x.device))
             t = t + block.ff(block.ff_norm(t))
         t = tt.proj_out(t)  # [B·L, F, C]
         t = t.view(n // frames, h * w, frames, c).permute(0, 2, 3, 1).reshape(n, c, h, w)

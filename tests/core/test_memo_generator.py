@@ -76,27 +76,38 @@ def test_reference_features_once_per_video_equal_the_per_clip_layout():
     assert torch.equal(io["clip0.ref_latents"][1:], io["clip0.ref_latents"][:1].expand(p, -1, -1, -1))
 
 
-def _run(gen, prepared, settings, state=None):
+def _run(gen, prepared, settings, state=None, replay=None, latents_out=None):
     frames, states = [], []
-    for clip, latents, st in gen.iter_clips(prepared, settings, state=state):
+    for clip, latents, st in gen.iter_clips(prepared, settings, state=state, replay=replay):
         frames.append(torch.cat(list(gen.decode_clip(latents, clip, 4))))
         states.append(st)
+        if latents_out is not None:
+            latents_out.append(latents.clone())
     return frames, states
 
 
 @pytest.mark.parametrize("overlap", [0, 4])
 def test_loop_makes_exact_frames_and_resumes_bit_identically(gen, prepared, overlap, tmp_path):
+    """The saved state holds no memory (MEMO's is rebuilt from the finished clips' latents): resumed
+    after clip 2 from the file and the two clips' latents, the rest equals the uninterrupted run."""
     from letstalk_core.pipeline import GenerationState
 
     settings = GenerationSettings(steps=2, seed=5, overlap=overlap)
-    frames, states = _run(gen, prepared, settings)
+    latents = []
+    frames, states = _run(gen, prepared, settings, latents_out=latents)
     assert sum(f.shape[0] for f in frames) == prepared.num_frames == math.ceil(2.2 * 30)
     assert all(torch.isfinite(f).all() and f.shape[1:] == (3, SIZE, SIZE) for f in frames)
     saved = states[1].save(tmp_path / "state.safetensors")  # interrupted after clip 2, restored from the file
-    resumed, _ = _run(gen, prepared, settings, state=GenerationState.load(saved))
+    loaded = GenerationState.load(saved)
+    assert loaded.memory is None and loaded.threads == torch.get_num_threads()
+    with pytest.raises(ValueError, match="latents"):
+        next(iter(_run(gen, prepared, settings, state=loaded)))
+    resumed, _ = _run(gen, prepared, settings, state=loaded, replay=iter(latents[:2]))
     assert len(resumed) == len(frames) - 2
     assert all(torch.equal(a, b) for a, b in zip(frames[2:], resumed))
-    print(f"\nMEMO state per clip (tiny model, overlap {overlap}): {states[1].nbytes() / 1e6:.2f} MB")
+    per_clip = states[1].nbytes() + latents[1].numel() * 4
+    assert states[1].nbytes() <= (4 * 4 * (SIZE // 8) ** 2 * 4 if overlap else 0)  # at most the crossfade tail
+    print(f"\nMEMO resume data per clip (tiny model, overlap {overlap}): {per_clip / 1e6:.3f} MB")
 
 
 def test_memory_changes_the_video_and_emotion_is_a_condition(gen, prepared):
