@@ -150,20 +150,43 @@ def memo_wav2vec2(speech):
                      "Speech Encoder Loader / Load Audio Encoder to its speech_encoder.")
 
 
-def make_memo_generator(model):
-    """A core :class:`MemoGenerator` over a :class:`LoadedMemo`, its networks placed by model management."""
+def memo_plan(model, device, decode_chunk: int = 8):
+    """The MEMO run's memory plan on ``device`` (the loader's tier, or under auto the fastest that fits
+    what ComfyUI can free); refuses a run that cannot fit, before any work."""
+    from ..letstalk_core.unet.memory_plan import choose_options
+
+    v = model.config.video
+    return choose_options(model.models.folder, tier=model.memory_tier, state_dtype=model.state_dtype,
+                          free_bytes=host.plannable_memory(device), device=device, size=v.width,
+                          dtype=model.dtype, frames=v.clip_frames, decode_chunk=decode_chunk)
+
+
+def make_memo_generator(model, decode_chunk: int = 8):
+    """A core :class:`MemoGenerator` over a :class:`LoadedMemo`, its networks placed by model management,
+    which is told the run's planned state and activations (``memory_required``) so that it frees or
+    offloads other models for them. Returns ``(generator, tier, plan)``."""
     from ..letstalk_core.unet.generator import MemoGenerator
 
+    device = host.torch_device()
+    tier, options, plan = memo_plan(model, device, decode_chunk)
+    weights = sum(b for name, b in plan.resident.items() if "weights" in name)
     wav2vec2, speech_patcher = memo_wav2vec2(model.speech)
     needed = MEMO_PARTS if model.emotion2vec else MEMO_PARTS[:-1]
     for name in needed:
         if name not in model.patchers:
             model.patchers[name] = host.patcher_for(getattr(model.models, name))
-    host.load_to_device(*(model.patchers[n] for n in needed), model.patchers["vae"], speech_patcher)
+    host.load_to_device(*(model.patchers[n] for n in needed), model.patchers["vae"], speech_patcher,
+                        memory_required=max(0, plan.peak - weights))
     device = model.patchers["diffusion_net"].load_device
     wav2vec2.to(device)
     model.models.device = device
-    return MemoGenerator(model.models, model.vae, wav2vec2, config=model.config, device=device, dtype=model.dtype)
+    gen = MemoGenerator(model.models, model.vae, wav2vec2, config=model.config, device=device, dtype=model.dtype,
+                        options=options)
+    if options.offload:  # the Reference Net and the VAE leave the device through model management
+        parts = {"reference_net": model.patchers["reference_net"], "vae": model.patchers["vae"]}
+        gen.place = lambda name, on_device: (host.load_to_device(parts[name]) if on_device
+                                             else host.offload(parts[name]))
+    return gen, tier, plan
 
 
 def memo_conditions(model, generator, image) -> dict:

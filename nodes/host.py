@@ -96,11 +96,36 @@ def patcher_for(module, *, vae: bool = False):
     return comfy.model_patcher.ModelPatcher(module, load_device=load, offload_device=offload)
 
 
-def load_to_device(*patchers) -> None:
-    """Ask model management to put these models on their device (freeing others as needed)."""
+def load_to_device(*patchers, memory_required: int = 0) -> None:
+    """Ask model management to put these models on their device, freeing others as needed, and to keep
+    ``memory_required`` bytes free beside them (a run's memory plan: its state and activations)."""
     import comfy.model_management as mm
 
-    mm.load_models_gpu([p for p in patchers if p is not None])
+    mm.load_models_gpu([p for p in patchers if p is not None], memory_required=int(memory_required))
+
+
+def offload(patcher) -> None:
+    """Move one model off its device through model management (it stays listed, reloaded on demand)."""
+    import comfy.model_management as mm
+
+    for loaded in list(mm.current_loaded_models):
+        if loaded.model is patcher:
+            loaded.model_unload()
+            mm.current_loaded_models.remove(loaded)
+            return
+    patcher.detach()
+
+
+def plannable_memory(device) -> int:
+    """What a run may plan for on ``device``: ComfyUI can free every other model, so the device's total
+    memory less ComfyUI's reserve (CUDA), or the RAM available now (CPU)."""
+    import comfy.model_management as mm
+
+    from ..letstalk_core.unet.memory_plan import free_memory
+
+    if mm.is_device_cpu(device):
+        return free_memory(device)
+    return int(mm.get_total_memory(device)) - int(mm.extra_reserved_memory())
 
 
 def check_interrupt() -> None:

@@ -9,6 +9,7 @@ from comfy_api.latest import io
 
 from . import common, host
 from .loaders import AUTO_DTYPE, DTYPES
+from ..letstalk_core.unet.memory_plan import TIERS
 from .types import LoadedMemo, socket_types
 
 Model, _, Speech, _, _ = socket_types()
@@ -81,6 +82,14 @@ class LetsTalkMemoLoader(io.ComfyNode):
                 io.Boolean.Input("allow_no_face", default=False,
                                  tooltip="Where no face is found in the portrait, use MEMO's zero face embedding "
                                          "(identity is then not conditioned) instead of stopping with an error."),
+                io.Combo.Input("memory_tier", options=["auto", *TIERS], default="auto",
+                               tooltip="How the run trades speed for GPU memory. 24gb: everything on the GPU; 16gb: "
+                                       "Reference Net and VAE offloaded while sampling, guidance rows one after the "
+                                       "other, smaller chunks; 12gb: also the memory state in CPU RAM. auto: the "
+                                       "fastest whose memory plan fits (the plan is checked before any work)."),
+                io.Combo.Input("state_dtype", options=["auto", "fp32"], default="auto",
+                               tooltip="The memory state's dtype: auto keeps it in the weights' dtype with fp32 sums, "
+                                       "as MEMO's authors do (6.5 GiB at 512² in bf16); fp32 doubles it."),
                 io.Vae.Input("vae", optional=True, tooltip="ComfyUI's Load VAE output (an SD 1.x VAE), instead of "
                                                            "vae_name."),
                 io.MultiType.Input("speech_encoder", types=[Speech, io.AudioEncoder], optional=True,
@@ -96,7 +105,8 @@ class LetsTalkMemoLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, memo_folder, vae_name, encoder_name, emotion2vec=NO_EMOTION2VEC, weight_dtype="auto", fps=30.0,
-                size=512, emotion="auto", allow_no_face=False, vae=None, speech_encoder=None) -> io.NodeOutput:
+                size=512, emotion="auto", allow_no_face=False, memory_tier="auto", state_dtype="auto", vae=None,
+                speech_encoder=None) -> io.NodeOutput:
         from ..letstalk_core.autoencoder.sd_vae import load_sd_vae
         from ..letstalk_core.unet.generator import MemoConfig, MemoVideo
         from ..letstalk_core.unet.loading import load_memo
@@ -104,6 +114,9 @@ class LetsTalkMemoLoader(io.ComfyNode):
 
         if weight_dtype not in DTYPES:
             raise ValueError(f"weight_dtype must be one of {DTYPES}; got {weight_dtype!r}.")
+        if memory_tier not in ("auto", *TIERS) or state_dtype not in ("auto", "fp32"):
+            raise ValueError(f"memory_tier must be auto or one of {list(TIERS)} and state_dtype auto or fp32; got "
+                             f"{memory_tier!r}, {state_dtype!r}.")
         folder = memo_folder_path(memo_folder)
         dtype = host.weight_dtype(weight_dtype, host.torch_device())
         models = load_memo(folder, device="cpu", dtype=dtype)  # checks every part's config and tensors now
@@ -126,7 +139,8 @@ class LetsTalkMemoLoader(io.ComfyNode):
         emotion_choice(emotion, e2v)  # 'auto' without emotion2vec: say what to download now, not mid-run
         config = MemoConfig(video=MemoVideo(width=int(size), height=int(size), fps=float(fps)))
         loaded = LoadedMemo(memo_folder, folder, config, models, dtype, module, speech_encoder, e2v, emotion,
-                            bool(allow_no_face), {"vae": host.patcher_for(module, vae=True)})
+                            bool(allow_no_face), {"vae": host.patcher_for(module, vae=True)},
+                            memory_tier=memory_tier, state_dtype=state_dtype)
         return io.NodeOutput(loaded, ui=common.done_ui(f"loaded MEMO {memo_folder}"))
 
 

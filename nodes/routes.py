@@ -45,6 +45,30 @@ def plan(audio_path: str, ckpt_path: str | None, overlap: int = 0, memo_fps: flo
             "warnings": warnings}
 
 
+def memo_memory_text(query: dict) -> str:
+    """One line for the plan panel: the tier a MEMO run will use and its planned peak, or why it does not
+    fit (never raises: a plan the route cannot make is said in the line)."""
+    from . import host
+    from .memo import memo_folder_path
+
+    try:
+        from ..letstalk_core.unet.loading import open_memo_folder
+        from ..letstalk_core.unet.memory_plan import choose_options
+
+        device = host.torch_device()
+        dtype = host.weight_dtype(query.get("weight_dtype") or "auto", device)
+        folder = open_memo_folder(memo_folder_path(query.get("memo_folder", "")))
+        size = int(float(query.get("size") or 512))
+        tier, _, p = choose_options(folder, tier=query.get("memory_tier") or "auto",
+                                    state_dtype=query.get("state_dtype") or "auto",
+                                    free_bytes=host.plannable_memory(device), device=device, size=size, dtype=dtype)
+        free = host.plannable_memory(device)
+        return (f"tier {tier}, peak {p.peak / 2**30:.1f} of {free / 2**30:.1f} GiB "
+                f"({str(dtype).replace('torch.', '')}, largest: {p.largest_stage})")
+    except Exception as e:  # a missing folder or a run that does not fit: say it in the panel
+        return f"⚠ {e}"
+
+
 ROUTE = "/letstalk/plan"
 
 
@@ -109,6 +133,9 @@ def _add_route(server, web) -> None:
                 if not fps > 0:
                     raise ValueError(f"memo_fps must be > 0, got {fps}")
                 result = await asyncio.get_running_loop().run_in_executor(None, plan, audio_path, None, overlap, fps)
+                if request.query.get("memo_folder"):
+                    result["memory_plan"] = await asyncio.get_running_loop().run_in_executor(
+                        None, memo_memory_text, dict(request.query))
                 return web.json_response(result)
             ckpt_path = host.model_path(host.MODEL_FOLDER, ckpt, "LetsTalk checkpoint")
             result = await asyncio.get_running_loop().run_in_executor(None, plan, audio_path, ckpt_path, overlap)

@@ -187,7 +187,8 @@ class LetsTalkMemoryBankLoop(io.ComfyNode):
                              decode_chunk=int(decode_chunk), use_memory=bool(use_memory), overlap=int(overlap),
                              memory_anchor=float(memory_anchor), cfg_scale=float(audio_guidance) if memo else None)
         if memo:
-            gen = common.make_memo_generator(model)
+            gen, tier, plan = common.make_memo_generator(model, int(decode_chunk))
+            print(f"LetsTalk: MEMO memory tier {tier}: " + "\n  ".join(plan.lines()))
             prepared = gen.prepare(image[0], wave, rate,
                                    **common.memo_conditions(model, gen, image[0]))
         else:

@@ -52,6 +52,8 @@ class LoadedMemo:
     allow_no_face: bool = False  # no face found: MEMO's zero face embedding instead of an error
     patchers: dict = field(default_factory=dict)
     family: str = "memo"
+    memory_tier: str = "auto"  # auto or a tier of letstalk_core.unet.memory_plan.TIERS
+    state_dtype: str = "auto"  # the memory state's dtype: auto (the model's) or fp32
 
     def describe(self) -> str:
         v = self.config.video

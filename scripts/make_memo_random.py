@@ -138,19 +138,9 @@ def build_installation(out: Path, *, dtype: torch.dtype, size: int, seconds: flo
 
 
 def _small_part(name: str, raw: dict):
-    from letstalk_core.audio.projector import AudioProjector, AudioProjectorConfig
-    from letstalk_core.unet.projections import EmotionClassifier, ImageProj
+    from letstalk_core.unet.memory_plan import ConfigFolder
 
-    if name == "image_proj":
-        return ImageProj(embedding_dim=raw.get("clip_embeddings_dim", 512), tokens=raw.get("clip_extra_context_tokens", 4),
-                         dim=raw.get("cross_attention_dim", 768))
-    if name == "audio_proj":
-        return AudioProjector(AudioProjectorConfig(window=raw.get("seq_len", 5), layers=raw.get("blocks", 12),
-                                                   channels=raw.get("channels", 768),
-                                                   hidden=raw.get("intermediate_dim", 512),
-                                                   tokens=raw.get("context_tokens", 32),
-                                                   out_dim=raw.get("output_dim", 768)))
-    return EmotionClassifier(layers=raw.get("num_classifier_layers", 5), width=raw.get("num_classifier_channels", 2048))
+    return ConfigFolder.read(CONFIGS).parts[name].build()
 
 
 def check_manifest(memo: Path) -> None:

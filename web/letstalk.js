@@ -33,13 +33,17 @@ function planKey(node) {
   const overlap = Number(widgetValue(node, "overlap") ?? 0);
   // LetsTalk MEMO Loader: MEMO's clips (16 frames, 16 past frames) at the loader's fps.
   const memoFps = widgetValue(modelNode, "memo_folder") != null ? Number(widgetValue(modelNode, "fps") ?? 30) : null;
-  return audio ? { audio: String(audio), ckpt: String(ckpt), overlap, memoFps } : null;
+  // ... and its memory plan (the loader's folder, size, weight dtype, tier and state dtype).
+  const memo = memoFps ? ["memo_folder", "size", "weight_dtype", "memory_tier", "state_dtype"]
+    .map((w) => `&${w}=${encodeURIComponent(widgetValue(modelNode, w) ?? "")}`).join("") : "";
+  return audio ? { audio: String(audio), ckpt: String(ckpt), overlap, memoFps, memo } : null;
 }
 
 function formatPlan(p) {
   return `${p.frames} frames · ${p.clips} clips of ${p.clip_frames}` + (p.overlap ? ` sharing ${p.overlap}` : "") +
     ` · ${p.seconds.toFixed(2)} s at ${p.fps} fps` +
     (p.memory_frames ? ` · memory ${p.memory_frames} frames` : "") +
+    (p.memory_plan ? `\nGPU/RAM: ${p.memory_plan}` : "") +
     (p.warnings ?? []).map((w) => `\n⚠ ${w}`).join("");
 }
 
@@ -113,7 +117,7 @@ function ensurePanel(node) {
 async function refreshPlan(node) {
   const state = ensurePanel(node);
   const key = planKey(node);
-  const k = key ? `${key.audio}|${key.ckpt}|${key.overlap}|${key.memoFps}` : "";
+  const k = key ? `${key.audio}|${key.ckpt}|${key.overlap}|${key.memoFps}|${key.memo}` : "";
   if (k === state.key) return;
   state.key = k;
   if (!key) {
@@ -124,7 +128,7 @@ async function refreshPlan(node) {
   setText(node, "planEl", "plan: reading audio…");
   try {
     const res = await api.fetchApi(`/letstalk/plan?audio=${encodeURIComponent(key.audio)}&ckpt=${encodeURIComponent(key.ckpt)}` +
-      `&overlap=${encodeURIComponent(key.overlap)}` + (key.memoFps ? `&memo_fps=${encodeURIComponent(key.memoFps)}` : ""));
+      `&overlap=${encodeURIComponent(key.overlap)}` + (key.memoFps ? `&memo_fps=${encodeURIComponent(key.memoFps)}${key.memo}` : ""));
     const body = await res.json();
     if (state.key !== k) return; // changed while we waited
     if (!res.ok) {

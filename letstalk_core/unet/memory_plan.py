@@ -252,6 +252,49 @@ def free_memory(device: torch.device) -> int:
     return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
+@dataclass
+class _ConfigPart:
+    build: object
+
+
+@dataclass
+class ConfigFolder:
+    """The parts of a MEMO model from its ``config.json`` files alone (no weights): enough to plan
+    (``tests/fixtures/memo/configs`` holds the published ones), e.g. ``plan_memo(ConfigFolder.read(dir))``."""
+
+    parts: dict
+
+    @classmethod
+    def read(cls, configs) -> "ConfigFolder":
+        import json
+        from pathlib import Path
+
+        from ..audio.projector import AudioProjector, AudioProjectorConfig
+        from .config import parse_unet_config
+        from .diffusion_net import DiffusionNet
+        from .projections import EmotionClassifier, ImageProj
+        from .reference_net import ReferenceNet
+
+        root = Path(configs)
+        raw = {n: json.loads((root / n / "config.json").read_text()) for n in
+               ("reference_net", "diffusion_net", "image_proj", "audio_proj", "audio_emotion_classifier")}
+        ip, ap, ec = raw["image_proj"], raw["audio_proj"], raw["audio_emotion_classifier"]
+        builders = {
+            "reference_net": lambda: ReferenceNet(parse_unet_config(raw["reference_net"], "reference", "reference_net")),
+            "diffusion_net": lambda: DiffusionNet(parse_unet_config(raw["diffusion_net"], "diffusion", "diffusion_net")),
+            "image_proj": lambda: ImageProj(embedding_dim=ip.get("clip_embeddings_dim", 512),
+                                            tokens=ip.get("clip_extra_context_tokens", 4),
+                                            dim=ip.get("cross_attention_dim", 768)),
+            "audio_proj": lambda: AudioProjector(AudioProjectorConfig(
+                window=ap.get("seq_len", 5), layers=ap.get("blocks", 12), channels=ap.get("channels", 768),
+                hidden=ap.get("intermediate_dim", 512), tokens=ap.get("context_tokens", 32),
+                out_dim=ap.get("output_dim", 768))),
+            "audio_emotion_classifier": lambda: EmotionClassifier(layers=ec.get("num_classifier_layers", 5),
+                                                                  width=ec.get("num_classifier_channels", 2048)),
+        }
+        return cls({n: _ConfigPart(b) for n, b in builders.items()})
+
+
 def choose_options(folder, *, tier: str = "auto", state_dtype: str = "auto", free_bytes: int | None = None,
                    device="cpu", **kw) -> tuple[str, MemoOptions, MemoryPlan]:
     """The tier to run (``auto``: the fastest that fits ``free_bytes``, by default the device's free

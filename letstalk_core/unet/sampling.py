@@ -73,8 +73,12 @@ def guided_velocity(net: DiffusionNet, conditions: GuidedConditions, memory: Lin
         return pred.float().chunk(2)
 
     def one_row(x: torch.Tensor, t: torch.Tensor, r: int) -> torch.Tensor:
-        c = conditions
-        return net(x, t.reshape(-1)[:1], reference_tokens={k: v[r:r + 1] for k, v in c.reference_tokens.items()},
+        # In the batch of 2, frame j of row r is stacked row r·F + j and sees reference row (r·F + j) mod 2
+        # (the reference's repeat pairing): alone, it must see the same, so the rows are rolled by r·F.
+        c, shift = conditions, -(r * x.shape[2])
+        reference = {k: torch.roll(v, shifts=shift, dims=0) if shift % v.shape[0] else v
+                     for k, v in c.reference_tokens.items()}
+        return net(x, t.reshape(-1)[:1], reference_tokens=reference,
                    face_tokens=c.face_tokens[r:r + 1], audio_tokens=c.audio_tokens[r:r + 1],
                    emotion=c.emotion[r:r + 1], memory=memory.rows(r, 2), uncond=c.uncond[r:r + 1]).float()
 

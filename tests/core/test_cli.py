@@ -45,8 +45,14 @@ def test_generate_writes_exact_frames_and_sound(files, capsys):
     assert str(out.resolve()) in capsys.readouterr().out
 
 
-def test_resume_dir_gives_the_same_video(files):
+@pytest.mark.parametrize("native_bf16", ["0", "1"])  # --dtype auto picks fp32, then bf16, whatever this CPU is
+def test_resume_dir_gives_the_same_video(files, native_bf16, monkeypatch):
+    monkeypatch.setenv("LETSTALK_NATIVE_BF16", native_bf16)
     d, ckpt = files
+    d = d / f"bf16_{native_bf16}"
+    d.mkdir()
+    for name in ("face.png", "speech.wav"):
+        (d / name).write_bytes((files[0] / name).read_bytes())
     full = d / "full.mp4"
     assert _generate(d, ckpt, full, "--resume-dir", str(d / "run"), "--keep-resume-dir") == 0
     state = d / "run" / "state.safetensors"
@@ -65,7 +71,8 @@ def test_resume_dir_gives_the_same_video(files):
     from letstalk_core.loading import load_generator
     from letstalk_core.io.audio_file import load_audio
     from letstalk_core.pipeline import RECOMMENDED_MEMORY_ANCHOR, GenerationSettings, recommended_overlap
-    gen = load_generator(ckpt, device="cpu")
+    gen = load_generator(ckpt, device="cpu", dtype="auto")  # what the CLI's --dtype auto picked
+    assert gen.dtype == (torch.bfloat16 if native_bf16 == "1" else torch.float32)
     wave, rate = load_audio(d / "speech.wav")
     prepared = gen.prepare(load_image(d / "face.png"), wave, rate)
     settings = GenerationSettings(steps=2, overlap=recommended_overlap(8), memory_anchor=RECOMMENDED_MEMORY_ANCHOR)

@@ -214,3 +214,32 @@ def test_info_describes_a_memo_folder(tiny, capsys):
                                   "audio_emotion_classifier"}
     assert info["parts"]["image_proj"]["parameters"] > 0 and info["recipe"]["steps"] == 20
     assert info["machine"]["device"] and info["machine"]["dtype"] in ("fp32", "bf16")
+
+
+def test_info_prints_the_memory_plan_of_each_tier(tiny, capsys):
+    import json
+
+    assert main(["info", str(tiny["memo"]), "--size", "128"]) == 0
+    text = capsys.readouterr().out
+    assert "memory plans at 128²" in text and all(f"tier {t}" in text for t in ("24gb", "16gb", "12gb"))
+    assert main(["info", str(tiny["memo"]), "--size", "128", "--json"]) == 0
+    plans = json.loads(capsys.readouterr().out)["memory_plans"]
+    cuda = plans["cuda_bf16"]
+    assert cuda["24gb"]["peak"] >= cuda["16gb"]["peak"] >= cuda["12gb"]["peak"] > 0
+    assert plans["cpu"]["available_bytes"] > 0
+
+
+def test_cli_refuses_a_run_that_does_not_fit_before_any_work(tiny, tmp_path, capsys, monkeypatch):
+    import letstalk_core.unet.generator as g
+    import letstalk_core.unet.memory_plan as mp
+
+    monkeypatch.setattr(mp, "free_memory", lambda device: 1 << 20)  # 1 MiB free
+    monkeypatch.setattr(g.MemoGenerator, "prepare", lambda *a, **k: pytest.fail("work started"))
+    out = tmp_path / "x.mp4"
+    assert _cli(tiny, out, "--emotion", "happy") == 2
+    err = capsys.readouterr().err
+    assert "needs" in err and "available RAM" in err and "memory tier" in err
+    assert not out.exists()
+    monkeypatch.undo()
+    assert _cli(tiny, out, "--emotion", "happy", "--memory-tier", "12gb", "--state-dtype", "fp32") == 0
+    assert "memory tier 12gb" in capsys.readouterr().err

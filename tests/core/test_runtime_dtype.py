@@ -6,6 +6,12 @@ import torch
 
 from letstalk_core.loading import native_bf16, pick_dtype
 
+
+@pytest.fixture(autouse=True)
+def _the_real_probe(monkeypatch):
+    """These tests fake the hardware itself: a forced answer (the suite's own both-ways runs) is lifted."""
+    monkeypatch.delenv("LETSTALK_NATIVE_BF16", raising=False)
+
 CPU = torch.device("cpu")
 
 
@@ -56,3 +62,29 @@ def test_an_explicit_dtype_overrides_the_probe(monkeypatch, name, dtype):
 def test_unknown_dtype_says_what_to_use():
     with pytest.raises(ValueError, match="use auto, fp32, bf16 or fp16"):
         pick_dtype("int8", CPU)
+
+
+@pytest.mark.parametrize("value,native", [("1", True), ("0", False)])
+def test_the_probe_can_be_forced_either_way(monkeypatch, value, native):
+    """LETSTALK_NATIVE_BF16 answers the probe on any machine: the suite runs as on a CPU with and without
+    native bf16 (python3 scripts/bootstrap.py test, with the variable set)."""
+    from letstalk_core.loading import native_bf16, pick_dtype
+
+    monkeypatch.setenv("LETSTALK_NATIVE_BF16", value)
+    ok, why = native_bf16(torch.device("cpu"))
+    assert ok is native and "LETSTALK_NATIVE_BF16" in why
+    assert pick_dtype("auto", torch.device("cpu")) == (torch.bfloat16 if native else torch.float32)
+    assert pick_dtype("fp32", torch.device("cpu")) == torch.float32
+
+
+def test_a_run_keeps_its_thread_count_and_restores_the_callers():
+    """The sums of a reduction split over another number of threads round differently, so a run's pool is
+    fixed (and a resume takes the count its state records); the caller's pool is restored after."""
+    from letstalk_core.runtime import run_threads
+
+    before = torch.get_num_threads()
+    with run_threads(1) as n:
+        assert n == 1 == torch.get_num_threads()
+    assert torch.get_num_threads() == before
+    with run_threads(None) as n:
+        assert n == before
