@@ -110,20 +110,26 @@ def run_reference(args) -> dict:
     diffusion_net = ref.unet_3d.UNet3DConditionModel.from_pretrained(memo, subfolder="diffusion_net")
     image_proj = ref.image_proj.ImageProjModel.from_pretrained(memo, subfolder="image_proj")
     audio_proj = ref.audio_proj.AudioProjModel.from_pretrained(memo, subfolder="audio_proj")
-    vae = AutoencoderKL.from_pretrained(work / "vae")
+    vae = AutoencoderKL.from_pretrained(work / getattr(args, "vae_dir", "vae"))
+    device = torch.device(getattr(args, "device", "cpu"))
+    dtype = getattr(torch, getattr(args, "dtype", "float32"))
     for m in (reference_net, diffusion_net, image_proj, audio_proj, vae):
-        m.requires_grad_(False).eval()
+        m.requires_grad_(False).eval().to(device, dtype)
     enable_reference_xformers(reference_net, diffusion_net)
     pipe = VideoPipeline(vae=vae, reference_net=reference_net, diffusion_net=diffusion_net,
                          scheduler=FlowMatchEulerDiscreteScheduler(), image_proj=image_proj)
     pipe.set_progress_bar_config(disable=True)
-    t = load_file(work / "inputs.safetensors")
+    t = load_file(work / getattr(args, "inputs", "inputs.safetensors"))
     feats = t["features"]
     n = feats.shape[0]
     audio_emb = torch.stack([torch.stack([feats[max(min(i + j, n - 1), 0)] for j in range(-2, 3)]) for i in range(n)])
     emotion = torch.full((n,), 3, dtype=torch.int32)
-    pixel_values = t["image"]
+    pixel_values = t["image"].to(device, dtype)
+    audio_emb = audio_emb.to(device, dtype)
+    face = t["face"].to(device, dtype)
     video_frames = []
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     for k in range(args.clips):
         if not video_frames:
@@ -133,14 +139,19 @@ def run_reference(args) -> dict:
         ref_img = torch.cat([pixel_values, past], dim=0).unsqueeze(0)
         audio = audio_proj(audio_emb[k * FRAMES:(k + 1) * FRAMES].unsqueeze(0))
         out = pipe(ref_image=ref_img, audio_tensor=audio, audio_emotion=emotion[k * FRAMES:(k + 1) * FRAMES],
-                   emotion_class_num=9, face_emb=t["face"], width=args.size, height=args.size, video_length=FRAMES,
+                   emotion_class_num=9, face_emb=face, width=args.size, height=args.size, video_length=FRAMES,
                    num_inference_steps=args.steps, guidance_scale=3.5,
                    generator=torch.Generator().manual_seed(clip_seed(args.seed, k)), is_new_audio=k == 0)
         video_frames.append(out.videos)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     took = time.perf_counter() - t0
-    frames = torch.cat(video_frames, dim=2)[0].permute(1, 0, 2, 3) * 2 - 1  # [n, 3, H, W] in [-1, 1]
+    frames = torch.cat(video_frames, dim=2)[0].permute(1, 0, 2, 3).float().cpu() * 2 - 1  # [n, 3, H, W] in [-1, 1]
     save_file({"frames": frames.contiguous()}, work / "frames_reference.safetensors")
-    return {"seconds": took, "frames": int(frames.shape[0])}
+    out = {"seconds": took, "frames": int(frames.shape[0])}
+    if device.type == "cuda":
+        out["peak_bytes"] = int(torch.cuda.max_memory_allocated(device))
+    return out
 
 
 def run_ours(args) -> dict:
