@@ -42,16 +42,24 @@ def _anon_kib() -> int:
 
 
 def make_inputs(work: Path, size: int, clips: int) -> None:
+    """The portrait, per-frame wav2vec2 features (the folder's audio projector's layers × channels) and
+    the face embedding, the same for every run."""
     import torch
     from safetensors.torch import save_file
+
+    sys.path.insert(0, str(ROOT))
+    from letstalk_core.unet.loading import open_memo_folder
 
     path = work / f"inputs_{size}_{clips}.safetensors"
     if path.exists():
         return
+    folder = open_memo_folder(work / "memo")
+    audio = folder.parts["audio_proj"].config
+    emb = folder.parts["image_proj"].config["embedding_dim"]
     g = torch.Generator().manual_seed(1)
     save_file({"image": torch.rand(1, 3, size, size, generator=g) * 2 - 1,
-               "features": torch.randn(FRAMES * clips, 12, 768, generator=g),
-               "face": torch.randn(1, 512, generator=g)}, str(path))
+               "features": torch.randn(FRAMES * clips, audio.layers, audio.channels, generator=g),
+               "face": torch.randn(1, emb, generator=g)}, str(path))
 
 
 def run_ours(a) -> dict:
@@ -164,6 +172,8 @@ def main(argv=None) -> int:
     p.add_argument("--tiers", default="24gb,16gb,12gb")
     p.add_argument("--memo", help="checkout of github.com/memoavatar/memo: also run the authors' pipeline")
     p.add_argument("--python-ref", default=sys.executable, help="the interpreter of the reference's venv")
+    p.add_argument("--no-build", action="store_true",
+                   help="use the MEMO installation already in --work (memo/, sd-vae/) as it is")
     p.add_argument("--side", choices=["ours", "reference"], help=argparse.SUPPRESS)
     p.add_argument("--tier", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -179,7 +189,8 @@ def main(argv=None) -> int:
     from make_memo_random import build_installation
 
     import torch
-    build_installation(work, dtype=torch.float32, size=a.size, seconds=1.0)
+    if not a.no_build:
+        build_installation(work, dtype=torch.float32, size=a.size, seconds=1.0)
     make_inputs(work, a.size, a.clips)
     rows = {t: _side(a, "ours", t) for t in a.tiers.split(",")}
     if a.memo:
