@@ -79,7 +79,7 @@ class ClipStore:
         arr = self.to_uint8(frames)
         if state.memory is None and latents is None:
             raise ValueError("a state without memory needs the clip's latents to be resumable.")
-        latents = None if latents is None else latents.detach().cpu()
+        latents = None if latents is None or state.memory is not None else latents.detach().cpu()
 
         def snapshot(t: torch.Tensor) -> torch.Tensor:
             # The loop replaces its memory and tail tensors each clip and never writes into them, so a

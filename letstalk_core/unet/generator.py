@@ -134,6 +134,7 @@ class MemoGenerator:
         :mod:`letstalk_core.face.analysis`), ``emotions`` a class for the whole video or a function
         ``(wave16k, padded_frames) -> labels`` (``letstalk_core.audio.emotion.emotion_labels``)."""
         v = self.config.video
+        self._parts_on_device(True)  # a cancelled run may have left them offloaded
         wave16k = prepare_waveform(waveform, sample_rate)
         frames = frame_count(int(waveform.shape[-1]), int(sample_rate), v.fps)  # ceil(S·fps), as every family
         features, frames = memo_speech_features(self.speech_encoder, wave16k, v.fps, v.clip_frames, frames=frames)
