@@ -314,7 +314,8 @@ def test_channels_last_equals_the_usual_layout(pair):
     x = _images(2)
     for a, b in zip(_outputs(fast, x), _outputs(ours, x)):
         assert a.is_contiguous() and a.shape == b.shape
-        assert (a - b).abs().max() < 1e-5
+        # float rounding of another kernel's summation order: 1.1e-5 measured on an AVX512 CPU (outputs ~1)
+        assert (a - b).abs().max() < 5e-5 * max(1.0, b.abs().max().item())
     back = fast.use_channels_last(False)
     assert all(torch.equal(a, b) for a, b in zip(_outputs(back, x), _outputs(ours, x)))
 
