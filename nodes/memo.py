@@ -82,12 +82,12 @@ class LetsTalkMemoLoader(io.ComfyNode):
                 io.Boolean.Input("allow_no_face", default=False,
                                  tooltip="Where no face is found in the portrait, use MEMO's zero face embedding "
                                          "(identity is then not conditioned) instead of stopping with an error."),
-                io.Combo.Input("memory_tier", options=["auto", *TIERS], default="auto",
+                io.Combo.Input("memory_tier", options=["auto", *TIERS], default="auto", optional=True,
                                tooltip="How the run trades speed for GPU memory. 24gb: everything on the GPU; 16gb: "
                                        "Reference Net and VAE offloaded while sampling, guidance rows one after the "
                                        "other, smaller chunks; 12gb: also the memory state in CPU RAM. auto: the "
                                        "fastest whose memory plan fits (the plan is checked before any work)."),
-                io.Combo.Input("state_dtype", options=["auto", "fp32"], default="auto",
+                io.Combo.Input("state_dtype", options=["auto", "fp32"], default="auto", optional=True,
                                tooltip="The memory state's dtype: auto keeps it in the weights' dtype with fp32 sums, "
                                        "as MEMO's authors do (6.5 GiB at 512² in bf16); fp32 doubles it."),
                 io.Vae.Input("vae", optional=True, tooltip="ComfyUI's Load VAE output (an SD 1.x VAE), instead of "
