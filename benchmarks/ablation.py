@@ -59,11 +59,12 @@ def _job(args) -> dict:
     import torch
 
     torch.set_num_threads(threads)
+    from letstalk_core.diffusion.guidance import GuidanceScales
+    from letstalk_core.families.letstalk.generator import write_video
+    from letstalk_core.families.letstalk.loading import load_generator
     from letstalk_core.io.audio_file import load_audio
     from letstalk_core.io.image import load_image
-    from letstalk_core.loading import load_generator
-    from letstalk_core.diffusion.guidance import GuidanceScales
-    from letstalk_core.pipeline import GenerationSettings, write_video
+    from letstalk_core.loop import GenerationSettings
 
     truth = json.loads(Path(truth_json).read_text())
     folder = Path(truth_json).parent

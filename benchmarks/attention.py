@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from letstalk_core.dit.attention import relu_linear_attention, softmax_attention
+from letstalk_core.layers.linear_attention import relu_linear_attention, softmax_attention
 
 
 def median_time(fn, repeats: int) -> float:

@@ -1,4 +1,4 @@
-"""fp32 against bf16 on this CPU, for what ``--dtype auto`` picks (``letstalk_core.loading.pick_dtype``).
+"""fp32 against bf16 on this CPU, for what ``--dtype auto`` picks (``letstalk_core.devices.pick_dtype``).
 
 A CPU with AVX512-BF16 or AMX runs bf16 matrix products in hardware, but a small model gains nothing
 from them: its time goes to many small operators, and every bf16 tensor is converted on the way in and
@@ -38,10 +38,10 @@ def best_of(fn, repeats: int) -> float:
 def demo_model(dtype: torch.dtype, work: Path, repeats: int) -> float:
     from letstalk_core.data.procedural import load_truth, make_sample
     from letstalk_core.demo import demo_model_path
+    from letstalk_core.families.letstalk.loading import load_generator
     from letstalk_core.io.audio_file import load_audio
     from letstalk_core.io.image import load_image
-    from letstalk_core.loading import load_generator
-    from letstalk_core.pipeline import GenerationSettings, ListSink
+    from letstalk_core.loop import GenerationSettings, ListSink
 
     gen = load_generator(demo_model_path(), device="cpu", dtype=dtype)
     truth = load_truth(make_sample(9001, 4.0, work, size=gen.config.video.height, fps=gen.config.video.fps,
@@ -61,10 +61,15 @@ def demo_model(dtype: torch.dtype, work: Path, repeats: int) -> float:
 
 def memo_pieces(dtype: torch.dtype, repeats: int, size: int = 128) -> dict[str, float]:
     from letstalk_core.autoencoder.sd_vae import SDVAE, SDVAEConfig
+    from letstalk_core.families.memo.conditions import (
+        initial_past_features,
+        past_features,
+        reference_features,
+        reference_tokens,
+    )
+    from letstalk_core.families.memo.memory_plan import ConfigFolder
+    from letstalk_core.families.memo.sampling import guided_conditions, guided_velocity
     from letstalk_core.memory.linear_state import LinearAttentionMemory
-    from letstalk_core.unet.conditions import initial_past_features, past_features, reference_features, reference_tokens
-    from letstalk_core.unet.memory_plan import ConfigFolder
-    from letstalk_core.unet.sampling import guided_conditions, guided_velocity
 
     parts = ConfigFolder.read(ROOT / "tests" / "fixtures" / "memo" / "configs").parts
     torch.manual_seed(0)
@@ -98,7 +103,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--size", type=int, default=128, help="MEMO's frame side for its pieces")
     a = p.parse_args(argv)
-    from letstalk_core.loading import native_bf16
+    from letstalk_core.devices import native_bf16
 
     ok, why = native_bf16(torch.device("cpu"))
     print(f"CPU: {why}; torch {torch.__version__}, {torch.get_num_threads()} threads")

@@ -95,9 +95,10 @@ MEMO_STEP, MEMO_REF, VAE_ENC, VAE_DEC = ("MEMO Diffusion Net step / clip (batch 
 def letstalk_pieces(size: int, device, *, layouts: bool = False, compiled: bool = False) -> dict:
     from letstalk_core.autoencoder.config import get_dcae_config
     from letstalk_core.autoencoder.dc_ae import DCAE
-    from letstalk_core.config import get_preset
-    from letstalk_core.diffusion.guidance import GuidanceScales, guided_model_fn
-    from letstalk_core.dit.transformer import LetsTalkTransformer
+    from letstalk_core.diffusion.guidance import GuidanceScales
+    from letstalk_core.families.letstalk.config import get_preset
+    from letstalk_core.families.letstalk.guidance import guided_model_fn
+    from letstalk_core.families.letstalk.transformer import LetsTalkTransformer
 
     cfg = get_preset("letstalk-b")
     torch.manual_seed(0)
@@ -150,10 +151,10 @@ def letstalk_pieces(size: int, device, *, layouts: bool = False, compiled: bool 
 
 def memo_pieces(size: int, device) -> dict:
     from letstalk_core.autoencoder.sd_vae import SDVAE, SDVAEConfig
+    from letstalk_core.families.memo.config import parse_unet_config
+    from letstalk_core.families.memo.diffusion_net import DiffusionNet, split_reference_features
+    from letstalk_core.families.memo.reference_net import ReferenceNet
     from letstalk_core.memory.linear_state import LinearAttentionMemory
-    from letstalk_core.unet.config import parse_unet_config
-    from letstalk_core.unet.diffusion_net import DiffusionNet, split_reference_features
-    from letstalk_core.unet.reference_net import ReferenceNet
 
     configs = ROOT / "tests" / "fixtures" / "memo" / "configs"
     read = lambda part, kind: parse_unet_config(json.loads((configs / part / "config.json").read_text()), kind,  # noqa: E731

@@ -102,7 +102,7 @@ def run_reference(args) -> dict:
     ref = import_reference(args.memo)
     from memo.pipelines.video_pipeline import VideoPipeline
 
-    from letstalk_core.pipeline import clip_seed
+    from letstalk_core.loop import clip_seed
 
     work = Path(args.work)
     memo = work / "memo"
@@ -159,11 +159,11 @@ def run_ours(args) -> dict:
     from safetensors.torch import load_file, save_file
 
     sys.path.insert(0, str(ROOT))
-    from letstalk_core.pipeline import GenerationSettings, plan_clips
-    from letstalk_core.unet.conditions import reference_features
-    from letstalk_core.unet.generator import MemoConfig, MemoGenerator, MemoPrepared, MemoVideo
     from letstalk_core.autoencoder.sd_vae import load_sd_vae
-    from letstalk_core.unet.loading import load_memo
+    from letstalk_core.families.memo.conditions import reference_features
+    from letstalk_core.families.memo.generator import MemoConfig, MemoGenerator, MemoPrepared, MemoVideo
+    from letstalk_core.families.memo.loading import load_memo
+    from letstalk_core.loop import GenerationSettings, plan_clips
 
     work = Path(args.work)
     models = load_memo(work / "memo")

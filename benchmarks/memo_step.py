@@ -148,9 +148,9 @@ def run_ours(args) -> dict:
     from safetensors.torch import load_file, save_file
 
     sys.path.insert(0, str(ROOT))
+    from letstalk_core.families.memo.config import parse_unet_config
+    from letstalk_core.families.memo.diffusion_net import DiffusionNet, split_reference_features
     from letstalk_core.memory.linear_state import LinearAttentionMemory
-    from letstalk_core.unet.config import parse_unet_config
-    from letstalk_core.unet.diffusion_net import DiffusionNet, split_reference_features
 
     cfg = parse_unet_config(json.loads(CONFIG.read_text()), "diffusion", str(CONFIG))
     with torch.device("meta"):

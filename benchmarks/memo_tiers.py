@@ -4,7 +4,7 @@ authors' pipeline, on the same random full-width weights. One command:
     python benchmarks/memo_tiers.py                      # ours, every tier: 512², bf16, 2 clips, 20 steps
     python benchmarks/memo_tiers.py --memo <memo checkout> --python-ref <its venv>/bin/python   # + the authors'
 
-For each tier (``letstalk_core.unet.memory_plan.TIERS``) our loop runs in a fresh process (its own CUDA
+For each tier (``letstalk_core.families.memo.memory_plan.TIERS``) our loop runs in a fresh process (its own CUDA
 context and peak), on the random MEMO installation of ``scripts/make_memo_random.py`` (written under
 ``--work`` if absent; the weight files in fp32, as published), with the same inputs (portrait, wav2vec2
 features, face embedding, emotion, per-clip noise). Measured: seconds per generated frame from the first
@@ -48,7 +48,7 @@ def make_inputs(work: Path, size: int, clips: int) -> None:
     from safetensors.torch import save_file
 
     sys.path.insert(0, str(ROOT))
-    from letstalk_core.unet.loading import open_memo_folder
+    from letstalk_core.families.memo.loading import open_memo_folder
 
     path = work / f"inputs_{size}_{clips}.safetensors"
     if path.exists():
@@ -71,11 +71,11 @@ def run_ours(a) -> dict:
 
     sys.path.insert(0, str(ROOT))
     from letstalk_core.autoencoder.sd_vae import load_sd_vae
-    from letstalk_core.pipeline import GenerationSettings, plan_clips
-    from letstalk_core.unet.conditions import reference_features
-    from letstalk_core.unet.generator import MemoConfig, MemoGenerator, MemoPrepared, MemoVideo
-    from letstalk_core.unet.loading import load_memo
-    from letstalk_core.unet.memory_plan import TIERS, plan_memo
+    from letstalk_core.families.memo.conditions import reference_features
+    from letstalk_core.families.memo.generator import MemoConfig, MemoGenerator, MemoPrepared, MemoVideo
+    from letstalk_core.families.memo.loading import load_memo
+    from letstalk_core.families.memo.memory_plan import TIERS, plan_memo
+    from letstalk_core.loop import GenerationSettings, plan_clips
 
     work, device = Path(a.work), torch.device(a.device)
     dtype = getattr(torch, DTYPES[a.dtype])
@@ -186,9 +186,8 @@ def main(argv=None) -> int:
     work = Path(a.work)
     sys.path.insert(0, str(ROOT / "scripts"))
     sys.path.insert(0, str(ROOT))
-    from make_memo_random import build_installation
-
     import torch
+    from make_memo_random import build_installation
     if not a.no_build:
         build_installation(work, dtype=torch.float32, size=a.size, seconds=1.0)
     make_inputs(work, a.size, a.clips)

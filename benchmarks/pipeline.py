@@ -41,10 +41,11 @@ def child(seconds: float, steps: int, sampler: str) -> dict:
     sys.path.insert(0, str(ROOT))
     from letstalk_core.audio.features import SpeechEncoder
     from letstalk_core.autoencoder.dc_ae import DCAE
-    from letstalk_core.config import get_preset
-    from letstalk_core.dit.transformer import LetsTalkTransformer
+    from letstalk_core.families.letstalk.config import get_preset
+    from letstalk_core.families.letstalk.generator import LetsTalkGenerator
+    from letstalk_core.families.letstalk.transformer import LetsTalkTransformer
     from letstalk_core.io.video import VideoWriter
-    from letstalk_core.pipeline import GenerationSettings, LetsTalkGenerator
+    from letstalk_core.loop import GenerationSettings
 
     torch.manual_seed(0)
     cfg = get_preset("tiny")

@@ -113,16 +113,18 @@ def cmd_generate(a) -> int:
 
     from .audio.waveform import silence_warning
     from .diffusion.guidance import GuidanceScales
+    from .families.letstalk import RECOMMENDED_MEMORY_ANCHOR
+    from .family import MEMO, family_of, load_generator
     from .io.audio_file import read_audio
     from .io.image import load_image
-    from .loading import load_generator
-    from .pipeline import RECOMMENDED_MEMORY_ANCHOR, GenerationSettings, open_video, recommended_overlap
+    from .loop import GenerationSettings, open_video, recommended_overlap
     from .resume import ClipStore
     from .validation import require_file, require_writable_file
 
     checkpoint = checkpoint_path(a.checkpoint)
     if not checkpoint.is_dir():
         require_file(checkpoint, "checkpoint")
+    memo = family_of(checkpoint) == MEMO
     out = require_writable_file(a.out, "output video", "Choose another --out.")
     store = ClipStore(a.resume_dir) if a.resume_dir else None  # checks that the folder is writable
     image = load_image(a.image)
@@ -131,21 +133,17 @@ def cmd_generate(a) -> int:
     for warning in (audio.shortfall(), silence_warning(waveform, f"The audio '{audio.path.name}'")):
         if warning:
             print(f"letstalk: warning: {warning}", file=sys.stderr)
-    memo = checkpoint.is_dir()
     if memo:
-        from .unet.generator import emotion_source, load_memo_generator, portrait_face_embedding
-
-        from .loading import pick_device, pick_dtype
-        from .unet.loading import open_memo_folder
-        from .unet.memory_plan import choose_options
+        from .devices import pick_device, pick_dtype
+        from .families.memo import choose_options, emotion_source, open_memo_folder, portrait_face_embedding
 
         device, dtype = pick_device(a.device), None
         dtype = pick_dtype(a.dtype, device)
         tier, options, plan = choose_options(open_memo_folder(checkpoint), tier=a.memory_tier,
                                              state_dtype=a.state_dtype, device=device, size=a.size, dtype=dtype)
         print(f"letstalk: memory tier {tier}; " + "\n  ".join(plan.lines()), file=sys.stderr)
-        gen = load_memo_generator(checkpoint, vae=a.vae, speech_encoder=a.speech_encoder, device=device,
-                                  dtype=dtype, fps=a.fps, size=a.size, options=options)
+        gen = load_generator(checkpoint, vae=a.vae, speech_encoder=a.speech_encoder, device=device, dtype=dtype,
+                             fps=a.fps, size=a.size, options=options)
         if a.sampler not in (None, "euler"):
             raise ValueError(f"MEMO samples with Euler steps of rectified flow; --sampler {a.sampler} does not apply.")
         emotions = emotion_source(a.emotion, a.emotion_encoder, gen)
@@ -228,12 +226,11 @@ def cmd_generate(a) -> int:
 def cmd_info(a) -> int:
     import json
 
-    from .checkpoint import INFERENCE_KEY, inference_recipe, read_checkpoint
-    from .dit.transformer import count_parameters
-    from .loading import load_transformer
+    from .families.letstalk import INFERENCE_KEY, count_parameters, inference_recipe, load_transformer, read_checkpoint
+    from .family import MEMO, family_of
 
     path = checkpoint_path(a.checkpoint)
-    if path.is_dir():
+    if family_of(path) == MEMO:
         return memo_info(path, a.json, a.size)
     config, groups, meta = read_checkpoint(path)
     model = load_transformer(config, groups["dit"])
@@ -270,7 +267,7 @@ def cmd_info(a) -> int:
 
 def machine_summary() -> dict:
     """What ``--device auto`` and ``--dtype auto`` pick on this machine, and why."""
-    from .loading import native_bf16, pick_device
+    from .devices import native_bf16, pick_device
 
     device = pick_device("auto")
     bf16, why = native_bf16(device)  # what pick_dtype("auto", device) decides by
@@ -288,10 +285,8 @@ def memo_info(path: Path, as_json: bool, size: int = 512) -> int:
 
     import torch
 
-    from .loading import pick_dtype
-    from .unet.generator import MemoConfig
-    from .unet.loading import describe_memo_folder, open_memo_folder
-    from .unet.memory_plan import TIERS, free_memory, plan_memo
+    from .devices import pick_dtype
+    from .families.memo import TIERS, MemoConfig, describe_memo_folder, free_memory, open_memo_folder, plan_memo
 
     folder = open_memo_folder(path)
     info = describe_memo_folder(folder)
@@ -366,9 +361,7 @@ def cmd_init(a) -> int:
     import torch
 
     from .autoencoder.dc_ae import DCAE
-    from .checkpoint import save_checkpoint
-    from .config import get_preset
-    from .dit.transformer import LetsTalkTransformer
+    from .families.letstalk import LetsTalkTransformer, get_preset, save_checkpoint
 
     config = get_preset(a.preset)
     torch.manual_seed(a.seed)
@@ -386,8 +379,8 @@ def cmd_init(a) -> int:
 def cmd_params(a) -> int:
     import torch
 
-    from .config import DIT_PRESETS, PAPER_PARAMETERS, get_preset
-    from .dit.transformer import LetsTalkTransformer, count_parameters
+    from .families.letstalk import LetsTalkTransformer, count_parameters, get_preset
+    from .families.letstalk.config import DIT_PRESETS, PAPER_PARAMETERS
 
     print(f"{'preset':<12} {'backbone':>10} {'+audio proj':>12} {'paper':>8}")
     for name in DIT_PRESETS:

@@ -1,7 +1,7 @@
 """Face crop and paste-back, so any photo works, not only square face crops.
 
 The model generates a square face crop. :func:`face_box` picks ONE square box in the photo (from a
-face detector's boxes, as :func:`~letstalk_core.data.faces.crop_box_for_video` does for training
+face detector's boxes, as :func:`~letstalk_core.face.crop.crop_box_for_video` does for training
 footage, or from a box the user places by hand), :func:`crop_face` cuts it out at the model's size,
 and :func:`paste_back` puts every generated frame back into the photo at that box through a feathered
 mask (a raised-cosine ramp over ``feather`` of the box side), so the seam does not show. Peers' users
@@ -19,7 +19,7 @@ from typing import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from .data.faces import Box, crop_and_resize, crop_box_for_video
+from .face.crop import Box, crop_and_resize, crop_box_for_video
 from .validation import require_finite, require_tensor
 
 __all__ = ["FaceBox", "face_box", "manual_box", "crop_face", "feather_mask", "paste_back", "iter_paste_back",

@@ -30,7 +30,7 @@ def stamp_provenance(src, dst, recipe: dict, inference: dict | None = None) -> P
     training["provenance"] = recipe
     meta[TRAINING_KEY] = json.dumps(training)
     if inference is not None:
-        from .checkpoint import INFERENCE_KEY
+        from .families.letstalk.checkpoint import INFERENCE_KEY
 
         meta[INFERENCE_KEY] = json.dumps(inference)
     dst = Path(dst)
@@ -74,15 +74,15 @@ def run_demo_command(a) -> int:
     import numpy as np
     from tqdm import tqdm
 
+    from .audio.waveform import frame_count
     from .data.procedural import load_truth, make_sample, measure_mouth_opening
     from .diffusion.guidance import GuidanceScales
     from .eval.report import evaluate_video
+    from .families.letstalk.generator import RECOMMENDED_MEMORY_ANCHOR, write_video
+    from .families.letstalk.loading import load_generator
     from .io.audio_file import load_audio
     from .io.image import load_image
-    from .loading import load_generator
-    from .audio.waveform import frame_count
-    from .pipeline import RECOMMENDED_MEMORY_ANCHOR, GenerationSettings, plan_clips, recommended_overlap, write_video
-
+    from .loop import GenerationSettings, plan_clips, recommended_overlap
     from .runtime import CoreShare
     from .validation import require_writable_file, require_writable_folder
 

@@ -12,7 +12,7 @@ Two things differ from a device run and are handled here:
 * what a device adds outside tensors (the CUDA context, the caching allocator's rounding, a CPU
   process's own memory) is not a tensor; the plans add it as named terms.
 
-Used by the memory plans of the model families (``unet/memory_plan.py``) and checked against measured
+Used by the memory plans of the model families (``families/memo/memory_plan.py``) and checked against measured
 peaks (``tests/core/test_memory_plan.py``, README "Memory").
 """
 from __future__ import annotations

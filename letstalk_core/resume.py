@@ -1,6 +1,6 @@
 """Interrupt-safe long runs: finished clips and the generation state are kept in a folder.
 
-After every clip its decoded frames (uint8) and the :class:`~letstalk_core.pipeline.GenerationState`
+After every clip its decoded frames (uint8) and the :class:`~letstalk_core.loop.GenerationState`
 are written atomically. For a family that rebuilds its memory on resume (MEMO, whose state is 6.5 GiB
 at 512² in bf16), the state holds no memory and the clip's finished latents are written beside its
 frames instead (``clip_00000.latents.safetensors``, 1 MiB a clip at 512²): a resume replays them
@@ -21,7 +21,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .pipeline import GenerationState
+from .loop import GenerationState
 from .validation import require_writable_folder
 
 STATE_FILE = "state.safetensors"

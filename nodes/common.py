@@ -44,7 +44,7 @@ def audio_waveform(audio, what: str = "audio"):
 def warn_if_silent(wave, what: str = "The audio") -> str | None:
     """Log (ComfyUI's console) and return the warning for a silent track: it is accepted as a
     "listening" clip, as the CLI does, but reported in case the file or its channel is wrong."""
-    from ..letstalk_core.audio.waveform import silence_warning
+    from ..letstalk_core.audio import silence_warning
 
     warning = silence_warning(wave, what)
     if warning:
@@ -55,18 +55,11 @@ def warn_if_silent(wave, what: str = "The audio") -> str | None:
 
 
 def covered_audio(audio, num_frames: int, fps: float) -> dict:
-    """The AUDIO the video covers: the track padded with silence to exactly ``num_frames / fps``
-    seconds (ceil(S·fps) frames cover at most one frame more than the track)."""
-    import math
-
-    import torch
+    """The AUDIO the video covers: the track padded with silence to exactly ``num_frames / fps`` seconds."""
+    from ..letstalk_core.audio import cover_frames
 
     wave, rate = audio_waveform(audio)
-    want = math.ceil(num_frames * rate / fps - 1e-9)
-    have = wave.shape[-1]
-    if have < want:
-        wave = torch.nn.functional.pad(wave, (0, want - have))
-    return {"waveform": wave[..., :want][None].contiguous(), "sample_rate": rate}
+    return {"waveform": cover_frames(wave, rate, num_frames, fps)[None].contiguous(), "sample_rate": rate}
 
 
 def resolve_parts(model: LoadedModel, dcae: LoadedDCAE | None, speech) -> tuple[LoadedDCAE, object]:
@@ -83,7 +76,7 @@ def speech_encoder_for(model: LoadedModel, speech):
     """A core :class:`SpeechEncoder` for ``model``'s config from our handle or ComfyUI's native
     AUDIO_ENCODER (whose wav2vec2 weights are loaded into the core encoder, so features follow the
     LetsTalk/Hallo recipe exactly), plus the patcher to place."""
-    from ..letstalk_core.audio.features import SpeechEncoder
+    from ..letstalk_core.audio import SpeechEncoder
 
     kind = model.config.speech_encoder.kind
     if speech is None:
@@ -98,7 +91,7 @@ def speech_encoder_for(model: LoadedModel, speech):
         if kind != "wav2vec2":
             raise ValueError(f"'{model.name}' was trained on {kind} features, not wav2vec2; leave 'speech_encoder' "
                              "empty to use its own front end.")
-        from ..letstalk_core.audio.wav2vec2 import load_wav2vec2
+        from ..letstalk_core.audio import load_wav2vec2
 
         module = load_wav2vec2(speech.get_sd()).eval()
         return SpeechEncoder(model.config.speech_encoder, module), host.patcher_for(module)
@@ -120,7 +113,7 @@ def require_letstalk(model, node: str) -> None:
 
 def make_generator(model: LoadedModel, dcae: LoadedDCAE | None = None, speech=None):
     """A core generator over the loaded parts, after model management has put them on the device."""
-    from ..letstalk_core.pipeline import LetsTalkGenerator
+    from ..letstalk_core.families.letstalk import LetsTalkGenerator
 
     require_letstalk(model, "this node")
     dcae, speech = resolve_parts(model, dcae, speech)
@@ -142,7 +135,7 @@ def memo_wav2vec2(speech):
     if isinstance(speech, LoadedSpeech) and speech.wav2vec2 is not None:
         return speech.wav2vec2, speech.patcher
     if hasattr(speech, "get_sd") and hasattr(speech, "encode_audio"):
-        from ..letstalk_core.audio.wav2vec2 import load_wav2vec2
+        from ..letstalk_core.audio import load_wav2vec2
 
         module = load_wav2vec2(speech.get_sd()).eval()
         return module, host.patcher_for(module)
@@ -153,7 +146,7 @@ def memo_wav2vec2(speech):
 def memo_plan(model, device, decode_chunk: int = 8):
     """The MEMO run's memory plan on ``device`` (the loader's tier, or under auto the fastest that fits
     what ComfyUI can free); refuses a run that cannot fit, before any work."""
-    from ..letstalk_core.unet.memory_plan import choose_options
+    from ..letstalk_core.families.memo import choose_options
 
     v = model.config.video
     return choose_options(model.models.folder, tier=model.memory_tier, state_dtype=model.state_dtype,
@@ -165,7 +158,7 @@ def make_memo_generator(model, decode_chunk: int = 8):
     """A core :class:`MemoGenerator` over a :class:`LoadedMemo`, its networks placed by model management,
     which is told the run's planned state and activations (``memory_required``) so that it frees or
     offloads other models for them. Returns ``(generator, tier, plan)``."""
-    from ..letstalk_core.unet.generator import MemoGenerator
+    from ..letstalk_core.families.memo import MemoGenerator
 
     device = host.torch_device()
     tier, options, plan = memo_plan(model, device, decode_chunk)
@@ -193,10 +186,10 @@ def memo_conditions(model, generator, image) -> dict:
     """The face embedding (the MEMO folder's SCRFD + ArcFace through onnxruntime) of the portrait
     ``[3, H, W]`` in [-1, 1] and the emotion source chosen in the MEMO loader, as
     :meth:`MemoGenerator.prepare` takes them."""
-    from ..letstalk_core.unet.generator import emotion_source, portrait_face_embedding
+    from ..letstalk_core.families.memo import emotion_source, portrait_face_embedding
 
     if "face" not in model.patchers:
-        from ..letstalk_core.face.analysis import FaceAnalyzer
+        from ..letstalk_core.face import FaceAnalyzer
 
         model.patchers["face"] = FaceAnalyzer.from_folder(model.folder)
     face = portrait_face_embedding(image, model.patchers["face"], allow_missing=model.allow_no_face)
@@ -206,19 +199,18 @@ def memo_conditions(model, generator, image) -> dict:
 def preview_decoder(generator):
     """A callable turning the current clean estimate ``[1, C, F, h, w]`` into a PIL preview (its first
     frame through the DC-AE: one frame's decode per preview)."""
-    import torch
     from PIL import Image
 
     def decode(latents):
-        from ..letstalk_core.autoencoder.dc_ae import iter_decode
+        from ..letstalk_core.autoencoder import iter_decode
+        from ..letstalk_core.io import tensor_to_uint8
 
         first = latents[0, :, :1].transpose(0, 1).float()
         if getattr(generator, "vae", None) is not None:  # MEMO: the SD VAE
             img = generator.vae.decode(first.to(generator.vae_dtype), chunk_size=1)
         else:
             img = next(iter_decode(generator.dcae, first, chunk_size=1))
-        arr = ((img[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-        return Image.fromarray(arr)
+        return Image.fromarray(tensor_to_uint8(img[0]))
 
     return decode
 

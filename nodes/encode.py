@@ -43,7 +43,7 @@ class LetsTalkAudioEncoder(io.ComfyNode):
         config = model.config
         if fps and abs(fps - config.video.fps) > 1e-6:
             config = dataclasses.replace(config, video=dataclasses.replace(config.video, fps=fps))
-        from ..letstalk_core.pipeline import encode_speech_track
+        from ..letstalk_core.families.letstalk import encode_speech_track
 
         encoder, patcher = common.speech_encoder_for(model, speech_encoder if speech_encoder is not None else model.speech)
         if patcher is not None:
@@ -86,8 +86,8 @@ class LetsTalkDCAEEncode(io.ComfyNode):
     def execute(cls, dcae, image, size=0, chunk=8) -> io.NodeOutput:
         import torch
 
-        from ..letstalk_core.autoencoder.dc_ae import encode_frames
-        from ..letstalk_core.pipeline import prepare_portrait_image
+        from ..letstalk_core.autoencoder import encode_frames
+        from ..letstalk_core.io import prepare_portrait_image
 
         frames = common.image_to_core(image, "image")
         factor = dcae.module.config.spatial_compression
@@ -123,7 +123,7 @@ class LetsTalkDCAEDecode(io.ComfyNode):
     def execute(cls, dcae, latent, chunk=8) -> io.NodeOutput:
         import torch
 
-        from ..letstalk_core.autoencoder.dc_ae import iter_decode
+        from ..letstalk_core.autoencoder import iter_decode
 
         z = latent["samples"] if isinstance(latent, dict) else latent
         if z.ndim == 5:

@@ -48,6 +48,7 @@ class LetsTalkFaceCrop(io.ComfyNode):
         import numpy as np
 
         from ..letstalk_core.compose import crop_face, face_box, manual_box
+        from ..letstalk_core.io import tensor_to_uint8
 
         image = common.image_to_core(photo, "photo")[:1, :3]
         h, w = image.shape[-2:]
@@ -56,17 +57,17 @@ class LetsTalkFaceCrop(io.ComfyNode):
         elif detector == "whole image":
             box = face_box([(0, 0, w, h, 1.0)], w, h, scale=1.0)
         elif detector == "haar":
-            from ..letstalk_core.data.faces import HaarDetector
+            from ..letstalk_core.face import HaarDetector
 
             try:
                 det = HaarDetector()
             except ImportError as e:
                 raise ValueError("the haar detector needs OpenCV: pip install opencv-python-headless into ComfyUI's "
                                  "Python, or use detector 'manual'.") from e
-            rgb = ((image[0] + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
+            rgb = tensor_to_uint8(image[0])
             box = face_box(det.detect(np.ascontiguousarray(rgb)), w, h, scale=scale)
         elif detector == "scrfd (MEMO)":
-            rgb = ((image[0] + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
+            rgb = tensor_to_uint8(image[0])
             boxes = _scrfd().detect(np.ascontiguousarray(rgb))
             if not boxes:
                 raise ValueError("SCRFD found no face in the photo: use detector 'manual' with a box around the head.")
@@ -82,7 +83,7 @@ def _scrfd():
     (loaded once)."""
     global _SCRFD
     if _SCRFD is None:
-        from ..letstalk_core.face.analysis import SCRFD_FILE, ScrfdDetector
+        from ..letstalk_core.face import SCRFD_FILE, ScrfdDetector
         from .memo import memo_folder_path, memo_folders
 
         for name in memo_folders():

@@ -74,12 +74,12 @@ def torch_device():
 
 def weight_dtype(name: str, device):
     """``auto`` → bf16 where the device runs it in hardware, else fp32: on a CPU the core's probe (AMX or
-    AVX512-BF16, ``letstalk_core.loading.native_bf16``), on a GPU what ComfyUI's model management says
+    AVX512-BF16, ``letstalk_core.devices.native_bf16``), on a GPU what ComfyUI's model management says
     (which honours its command-line flags)."""
-    import torch
     import comfy.model_management as mm
+    import torch
 
-    from ..letstalk_core.loading import pick_dtype
+    from ..letstalk_core.devices import pick_dtype
 
     if name != "auto" or mm.is_device_cpu(device):
         return pick_dtype(name, torch.device("cpu"))
@@ -121,7 +121,7 @@ def plannable_memory(device) -> int:
     memory less ComfyUI's reserve (CUDA), or the RAM available now (CPU)."""
     import comfy.model_management as mm
 
-    from ..letstalk_core.unet.memory_plan import free_memory
+    from ..letstalk_core.families.memo import free_memory
 
     if mm.is_device_cpu(device):
         return free_memory(device)
@@ -210,7 +210,7 @@ class Progress:
         send_event({**self.info, "step": 0, "steps": 0, "state": "running"})
 
     def step(self, info) -> None:
-        """The sampler's per-step callback (a :class:`~letstalk_core.pipeline.StepInfo`)."""
+        """The sampler's per-step callback (a :class:`~letstalk_core.loop.StepInfo`)."""
         self.done += 1
         preview = None
         if self.preview_decode is not None and previews_enabled() and (info.step + 1 == info.steps or info.step % 2 == 0):

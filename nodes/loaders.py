@@ -15,7 +15,7 @@ AUTO_DTYPE = ("auto: bf16 where the hardware runs it (GPUs that run it well, CPU
 
 def _bundled(config, groups, name: str) -> tuple[LoadedDCAE | None, LoadedSpeech | None]:
     """Handles for the DC-AE and the speech front end bundled in a checkpoint (None where absent)."""
-    from ..letstalk_core.loading import bundled_dcae, bundled_wav2vec2
+    from ..letstalk_core.families.letstalk import bundled_dcae, bundled_wav2vec2
 
     dcae = speech = None
     if groups["dcae"]:
@@ -62,7 +62,7 @@ class LetsTalkModelLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, ckpt_name, weight_dtype="auto") -> io.NodeOutput:
-        from ..letstalk_core.checkpoint import load_transformer, read_checkpoint
+        from ..letstalk_core.families.letstalk import load_transformer, read_checkpoint
 
         if weight_dtype not in DTYPES:
             raise ValueError(f"weight_dtype must be one of {DTYPES}; got {weight_dtype!r}.")
@@ -99,7 +99,7 @@ class LetsTalkDCAELoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, dcae_name) -> io.NodeOutput:
-        from ..letstalk_core.autoencoder.checkpoint import load_dcae
+        from ..letstalk_core.autoencoder import load_dcae
 
         path = host.model_path("vae", dcae_name, "DC-AE file")
         module = load_dcae(path).float().eval()
@@ -128,7 +128,7 @@ class LetsTalkSpeechEncoderLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, encoder_name) -> io.NodeOutput:
-        from ..letstalk_core.audio.wav2vec2 import load_wav2vec2
+        from ..letstalk_core.audio import load_wav2vec2
 
         path = host.model_path("audio_encoders", encoder_name, "speech encoder file")
         module = load_wav2vec2(path).eval()

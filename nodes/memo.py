@@ -7,9 +7,9 @@ from pathlib import Path
 
 from comfy_api.latest import io
 
+from ..letstalk_core.families.memo import TIERS
 from . import common, host
 from .loaders import AUTO_DTYPE, DTYPES
-from ..letstalk_core.unet.memory_plan import TIERS
 from .types import LoadedMemo, socket_types
 
 Model, _, Speech, _, _ = socket_types()
@@ -18,14 +18,14 @@ NO_EMOTION2VEC = "(none: pick an emotion below)"
 
 
 def _emotions() -> list[str]:
-    from ..letstalk_core.audio.emotion import EMOTION_CLASSES
+    from ..letstalk_core.audio import EMOTION_CLASSES
 
     return list(EMOTION_CLASSES)
 
 
 def memo_folders() -> list[str]:
     """The MEMO folders under every models/memo path (folders that look like MEMO's layout)."""
-    from ..letstalk_core.unet.loading import looks_like_memo_folder
+    from ..letstalk_core.families.memo import looks_like_memo_folder
 
     names = []
     for root in host.folder_paths_for(MEMO_FOLDER):
@@ -107,9 +107,8 @@ class LetsTalkMemoLoader(io.ComfyNode):
     def execute(cls, memo_folder, vae_name, encoder_name, emotion2vec=NO_EMOTION2VEC, weight_dtype="auto", fps=30.0,
                 size=512, emotion="auto", allow_no_face=False, memory_tier="auto", state_dtype="auto", vae=None,
                 speech_encoder=None) -> io.NodeOutput:
-        from ..letstalk_core.autoencoder.sd_vae import load_sd_vae
-        from ..letstalk_core.unet.generator import MemoConfig, MemoVideo
-        from ..letstalk_core.unet.loading import load_memo
+        from ..letstalk_core.autoencoder import load_sd_vae
+        from ..letstalk_core.families.memo import MemoConfig, MemoVideo, load_memo
         from .types import LoadedSpeech
 
         if weight_dtype not in DTYPES:
@@ -126,7 +125,7 @@ class LetsTalkMemoLoader(io.ComfyNode):
         else:
             module = load_sd_vae(host.model_path("vae", vae_name, "SD VAE (sd-vae-ft-mse)"), dtype=dtype)
         if speech_encoder is None:
-            from ..letstalk_core.audio.wav2vec2 import load_wav2vec2
+            from ..letstalk_core.audio import load_wav2vec2
 
             path = host.model_path("audio_encoders", encoder_name, "speech encoder (wav2vec2-base-960h)")
             w2v = load_wav2vec2(path).eval()
@@ -134,7 +133,7 @@ class LetsTalkMemoLoader(io.ComfyNode):
         e2v = None
         if emotion2vec and emotion2vec != NO_EMOTION2VEC:
             e2v = host.model_path("audio_encoders", emotion2vec, "emotion2vec_plus_large file")
-        from ..letstalk_core.audio.emotion import emotion_choice
+        from ..letstalk_core.audio import emotion_choice
 
         emotion_choice(emotion, e2v)  # 'auto' without emotion2vec: say what to download now, not mid-run
         config = MemoConfig(video=MemoVideo(width=int(size), height=int(size), fps=float(fps)))

@@ -11,8 +11,7 @@ def read_config(ckpt_path: str):
     """A checkpoint's config from its safetensors header only (no tensor is read)."""
     from safetensors import safe_open
 
-    from ..letstalk_core.checkpoint import CONFIG_KEY
-    from ..letstalk_core.config import LetsTalkConfig
+    from ..letstalk_core.families.letstalk import CONFIG_KEY, LetsTalkConfig
 
     with safe_open(ckpt_path, framework="pt") as f:
         meta = f.metadata() or {}
@@ -23,12 +22,12 @@ def read_config(ckpt_path: str):
 
 def plan(audio_path: str, ckpt_path: str | None, overlap: int = 0, memo_fps: float | None = None) -> dict:
     """The clip plan of a loop run: for a LetsTalk checkpoint, or (``memo_fps``) for MEMO at that fps."""
-    from ..letstalk_core.audio.waveform import frame_count, silence_warning
-    from ..letstalk_core.io.audio_file import read_audio
-    from ..letstalk_core.pipeline import max_overlap, plan_clips
+    from ..letstalk_core.audio import frame_count, silence_warning
+    from ..letstalk_core.io import read_audio
+    from ..letstalk_core.loop import max_overlap, plan_clips
 
     if memo_fps is not None:
-        from ..letstalk_core.unet.generator import MemoConfig, MemoVideo
+        from ..letstalk_core.families.memo import MemoConfig, MemoVideo
 
         config = MemoConfig(video=MemoVideo(fps=float(memo_fps)))
     else:
@@ -52,8 +51,7 @@ def memo_memory_text(query: dict) -> str:
     from .memo import memo_folder_path
 
     try:
-        from ..letstalk_core.unet.loading import open_memo_folder
-        from ..letstalk_core.unet.memory_plan import choose_options
+        from ..letstalk_core.families.memo import choose_options, open_memo_folder
 
         device = host.torch_device()
         dtype = host.weight_dtype(query.get("weight_dtype") or "auto", device)

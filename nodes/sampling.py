@@ -30,8 +30,8 @@ def _sampling_inputs(default_steps: int) -> list:
 
 
 def _settings(sampler, steps, seed, portrait_guidance, audio_guidance, **kw):
-    from ..letstalk_core.diffusion.guidance import GuidanceScales
-    from ..letstalk_core.pipeline import GenerationSettings
+    from ..letstalk_core.diffusion import GuidanceScales
+    from ..letstalk_core.loop import GenerationSettings
 
     return GenerationSettings(sampler=sampler, steps=int(steps), seed=int(seed),
                               guidance=GuidanceScales(portrait=float(portrait_guidance), audio=float(audio_guidance)), **kw)
@@ -76,8 +76,8 @@ class LetsTalkSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, portrait, audio_features, clip_index, sampler, steps, seed, portrait_guidance,
                 audio_guidance, memory=None) -> io.NodeOutput:
+        from ..letstalk_core.families.letstalk import LetsTalkGenerator
         from ..letstalk_core.memory import initial_memory, update_memory
-        from ..letstalk_core.pipeline import LetsTalkGenerator
 
         common.require_letstalk(model, "LetsTalk Linear DiT Sampler (one clip of a LetsTalk model)")
         if not isinstance(audio_features, AudioFeatures):
@@ -264,7 +264,7 @@ class _FrameSink:
         self.writer = self.path = None
 
     def open_video(self, path) -> None:
-        from ..letstalk_core.pipeline import open_video
+        from ..letstalk_core.loop import open_video
 
         self.path = path
         self.writer = open_video(path, self.fps, self.covered["waveform"][0], int(self.covered["sample_rate"]),

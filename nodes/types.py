@@ -38,12 +38,12 @@ class LoadedModel:
 class LoadedMemo:
     """A MEMO model folder (models/memo/<name>): its networks (each wrapped in a patcher when first
     loaded), the SD VAE and wav2vec2 it runs with, and where its face-analysis and emotion2vec files are.
-    ``config`` is a :class:`letstalk_core.unet.generator.MemoConfig` (fps, clip length, memory frames)."""
+    ``config`` is a :class:`letstalk_core.families.memo.generator.MemoConfig` (fps, clip length, memory frames)."""
 
     name: str
     folder: Any  # Path of the MEMO folder
     config: Any
-    models: Any  # letstalk_core.unet.loading.MemoModels (on the CPU until placed)
+    models: Any  # letstalk_core.families.memo.loading.MemoModels (on the CPU until placed)
     dtype: Any
     vae: Any  # letstalk_core.autoencoder.sd_vae.SDVAE
     speech: Any  # LoadedSpeech or ComfyUI's AUDIO_ENCODER
@@ -52,7 +52,7 @@ class LoadedMemo:
     allow_no_face: bool = False  # no face found: MEMO's zero face embedding instead of an error
     patchers: dict = field(default_factory=dict)
     family: str = "memo"
-    memory_tier: str = "auto"  # auto or a tier of letstalk_core.unet.memory_plan.TIERS
+    memory_tier: str = "auto"  # auto or a tier of letstalk_core.families.memo.memory_plan.TIERS
     state_dtype: str = "auto"  # the memory state's dtype: auto (the model's) or fp32
 
     def describe(self) -> str:

@@ -88,10 +88,10 @@ def build_installation(out: Path, *, dtype: torch.dtype, size: int, seconds: flo
     """Write the installation (parts already written are kept); returns the paths."""
     from letstalk_core.audio.wav2vec2 import Wav2Vec2Config, Wav2Vec2Encoder
     from letstalk_core.autoencoder.sd_vae import SDVAE, SDVAEConfig
-    from letstalk_core.unet.config import parse_unet_config
-    from letstalk_core.unet.diffusion_net import DiffusionNet
-    from letstalk_core.unet.loading import open_memo_folder
-    from letstalk_core.unet.reference_net import ReferenceNet
+    from letstalk_core.families.memo.config import parse_unet_config
+    from letstalk_core.families.memo.diffusion_net import DiffusionNet
+    from letstalk_core.families.memo.loading import open_memo_folder
+    from letstalk_core.families.memo.reference_net import ReferenceNet
 
     g = torch.Generator().manual_seed(seed)
     memo = out / "memo"
@@ -138,14 +138,14 @@ def build_installation(out: Path, *, dtype: torch.dtype, size: int, seconds: flo
 
 
 def _small_part(name: str, raw: dict):
-    from letstalk_core.unet.memory_plan import ConfigFolder
+    from letstalk_core.families.memo.memory_plan import ConfigFolder
 
     return ConfigFolder.read(CONFIGS).parts[name].build()
 
 
 def check_manifest(memo: Path) -> None:
     """Every part's tensors, names and shapes, equal to the reference classes' (``manifest.json``)."""
-    from letstalk_core.unet.loading import PARTS, read_header
+    from letstalk_core.families.memo.loading import PARTS, read_header
 
     manifest = json.loads((ROOT / "tests" / "fixtures" / "memo" / "manifest.json").read_text())["parts"]
     for name, (sub, _) in PARTS.items():

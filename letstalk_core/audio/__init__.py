@@ -1,5 +1,6 @@
 """Speech input: waveform preparation, speech encoders (wav2vec2, log-mel), per-frame windows and the
 audio projector. See ``reference/letstalk_memo.md`` §1.3 and ``reference/components.md`` §3."""
+from .emotion import EMOTION_CLASSES, emotion_choice, emotion_labels
 from .features import (
     MelConfig,
     SpeechEncoder,
@@ -23,20 +24,44 @@ from .waveform import (
     MIN_AUDIO_SECONDS,
     TARGET_SAMPLE_RATE,
     as_fraction,
+    cover_frames,
     frame_count,
     normalize_waveform,
     prepare_waveform,
     resample,
+    silence_warning,
 )
 from .windows import frame_windows, frame_windows_range
 
 __all__ = [
-    "MIN_AUDIO_SECONDS", "TARGET_SAMPLE_RATE", "as_fraction", "frame_count", "normalize_waveform",
-    "prepare_waveform", "resample",
-    "WAV2VEC2_PRESETS", "Wav2Vec2Config", "Wav2Vec2Encoder", "fold_weight_norm", "infer_wav2vec2_config",
-    "load_wav2vec2", "wav2vec2_state_dict",
-    "MelConfig", "SpeechEncoder", "SpeechEncoderConfig", "encode_speech_mel", "encode_speech_wav2vec2", "log_mel",
+    "as_fraction",
+    "AudioProjector",
+    "AudioProjectorConfig",
+    "cover_frames",
+    "emotion_choice",
+    "EMOTION_CLASSES",
+    "emotion_labels",
+    "encode_speech_mel",
+    "encode_speech_wav2vec2",
+    "fold_weight_norm",
+    "frame_count",
+    "frame_windows",
+    "frame_windows_range",
+    "infer_wav2vec2_config",
+    "load_wav2vec2",
+    "log_mel",
     "mel_filterbank",
-    "AudioProjector", "AudioProjectorConfig",
-    "frame_windows", "frame_windows_range",
+    "MelConfig",
+    "MIN_AUDIO_SECONDS",
+    "normalize_waveform",
+    "prepare_waveform",
+    "resample",
+    "silence_warning",
+    "SpeechEncoder",
+    "SpeechEncoderConfig",
+    "TARGET_SAMPLE_RATE",
+    "WAV2VEC2_PRESETS",
+    "wav2vec2_state_dict",
+    "Wav2Vec2Config",
+    "Wav2Vec2Encoder",
 ]

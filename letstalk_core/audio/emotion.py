@@ -4,7 +4,7 @@
   2 s, then 3 s windows every second (``wav[i - sr : i + 2 sr]`` for ``i`` in ``range(sr, len - sr, sr)``),
   then the last 2 s are each ``F.layer_norm``-ed over the whole window, encoded by emotion2vec
   (:class:`letstalk_core.audio.emotion2vec.Emotion2vecEncoder`), mean-pooled over time and classified
-  (:class:`letstalk_core.unet.projections.EmotionClassifier`; MEMO applies a second softmax before
+  (:class:`letstalk_core.families.memo.projections.EmotionClassifier`; MEMO applies a second softmax before
   ``argmax``, kept). Each window labels one second of samples (the first and last second, and
   ``[i, i + sr)``; later writes win), and the per-sample track is nearest-interpolated to ``frames``.
 * :func:`clip_emotion` is how MEMO picks one label per clip: ``inference.py`` slices the frame labels
@@ -78,7 +78,7 @@ def emotion_labels(wave16k: torch.Tensor, encoder, classifier: Callable, frames:
 
     ``encoder``: an :class:`~letstalk_core.audio.emotion2vec.Emotion2vecEncoder` (or anything with
     ``extract_features([1, S]) -> [1, T, D]``); ``classifier``: ``[1, D] -> [1, 9]`` probabilities, e.g.
-    :class:`~letstalk_core.unet.projections.EmotionClassifier`. Equals ``extract_audio_emotion_labels``
+    :class:`~letstalk_core.families.memo.projections.EmotionClassifier`. Equals ``extract_audio_emotion_labels``
     (see the module doc; the per-sample track costs 8 bytes per sample, ~0.5 GB per hour)."""
     require_tensor(wave16k, "waveform", ndim=1)
     if not wave16k.is_floating_point():

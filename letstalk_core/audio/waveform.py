@@ -264,6 +264,20 @@ def prepare_waveform(waveform, sample_rate, *, target_rate: int = TARGET_SAMPLE_
 SILENCE_PEAK = 10 ** (-80 / 20)  # −80 dBFS: below one step of 16-bit audio
 
 
+def cover_frames(waveform: torch.Tensor, sample_rate: int, num_frames: int, fps) -> torch.Tensor:
+    """The track a video of ``num_frames`` at ``fps`` covers: ``[..., T]`` padded with silence (or cut) to exactly
+    ``ceil(num_frames · rate / fps)`` samples (DESIGN.md, "Frame timing": ``ceil(S·fps)`` frames cover at most one
+    frame more than the track)."""
+    rate = _check_rate(sample_rate, "sample_rate")
+    if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 0:
+        raise ValueError(f"num_frames must be an integer >= 0; got {num_frames!r}.")
+    want = math.ceil(num_frames * rate / float(as_fraction(fps)) - 1e-9)
+    have = waveform.shape[-1]
+    if have < want:
+        waveform = F.pad(waveform, (0, want - have))
+    return waveform[..., :want]
+
+
 def silence_warning(waveform, what: str = "The audio") -> str | None:
     """A warning for a track with no sound in it (peak below −80 dBFS), else ``None``; an empty track
     is an error. A silent track is legitimate (a "listening" clip: the face stays closed-mouthed), but

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..layers.linear_attention import relu_linear_attention
 from ..validation import require_finite, require_positive, require_tensor
-from ..dit.attention import relu_linear_attention
 from .config import DCAEConfig
 
 _ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU}

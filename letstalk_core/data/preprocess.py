@@ -32,13 +32,7 @@ import numpy as np
 import torch
 
 from ..audio.waveform import as_fraction, frame_count, prepare_waveform
-from .faces import (
-    FaceDetector,
-    crop_and_resize,
-    crop_box_for_video,
-    make_detector,
-    sample_indices,
-)
+from ..face.crop import FaceDetector, crop_and_resize, crop_box_for_video, make_detector, sample_indices
 from .shards import (
     INDEX_NAME,
     ShardInfo,
@@ -142,8 +136,8 @@ def iter_resampled_frames(path, fps, n_frames: int, *, max_mismatch: int = MAX_F
 # --------------------------------------------------------------------------------------------- models
 def _load_config(checkpoint_or_config):
     """(config, the path if it is a checkpoint else None) from a checkpoint .safetensors or a config JSON."""
-    from ..checkpoint import CONFIG_KEY
-    from ..config import LetsTalkConfig
+    from ..families.letstalk.checkpoint import CONFIG_KEY
+    from ..families.letstalk.config import LetsTalkConfig
     from ..validation import require_file
 
     p = require_file(checkpoint_or_config, "checkpoint or config")
@@ -173,11 +167,12 @@ def _bundled(checkpoint: Path, prefix: str) -> dict[str, torch.Tensor]:
 
 
 def load_preprocess_models(checkpoint_or_config, *, dcae_path=None, speech_encoder_path=None, device="auto"):
-    """``(config, dcae, speech_encoder)`` for preprocessing, as :func:`letstalk_core.loading.load_generator`
+    """``(config, dcae, speech_encoder)`` for preprocessing, as :func:`letstalk_core.families.letstalk.loading.load_generator`
     finds them: the DC-AE from ``dcae_path`` or bundled in the checkpoint (``dcae.*``), the wav2vec2
     weights (wav2vec2 configs only) from ``speech_encoder_path`` or bundled (``speech.*``). The DC-AE
     runs in float32 (bf16 on CUDA would change the latents a model is trained on)."""
-    from ..loading import load_parts, pick_device
+    from ..devices import pick_device
+    from ..families.letstalk.loading import load_parts
 
     dev = pick_device(device)
     config, checkpoint = _load_config(checkpoint_or_config)
@@ -216,7 +211,7 @@ def preprocess_video(video_path, out_dir, *, config, dcae, speech_encoder, detec
                      fingerprint: str | None = None, overwrite: bool = False) -> ShardInfo:
     """Turn one video into ``out_dir/<stem>.safetensors`` and return its :class:`ShardInfo`.
 
-    ``config``: the :class:`~letstalk_core.config.LetsTalkConfig` (fps, frame size, speech encoder);
+    ``config``: the :class:`~letstalk_core.families.letstalk.config.LetsTalkConfig` (fps, frame size, speech encoder);
     ``dcae``: a loaded DC-AE; ``speech_encoder``: a :class:`~letstalk_core.audio.features.SpeechEncoder`;
     ``detector``: a :class:`~.faces.FaceDetector`. Frames go through the DC-AE ``chunk`` at a time
     (``encode_batch`` per forward pass). ``fingerprint``: :func:`~.shards.dcae_fingerprint` of ``dcae``

@@ -119,7 +119,7 @@ class Shard:
     @property
     def config(self):
         """The LetsTalk config the shard was made for."""
-        from ..config import LetsTalkConfig
+        from ..families.letstalk.config import LetsTalkConfig
 
         return LetsTalkConfig.from_json(self.metadata["letstalk_config"])
 

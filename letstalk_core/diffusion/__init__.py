@@ -14,13 +14,34 @@ from .gaussian import (
     timestep_to_model_input,
     training_losses,
 )
+from .guidance import GuidanceScales, combine_guidance, condition_dropout, guidance_branches
 from .samplers import SAMPLERS, get_sampler, sample_ddim, sample_ddpm, sample_euler, valid_samplers
 from .schedule import DiffusionConfig, Schedule, make_schedule, respace, space_timesteps
 
 __all__ = [
-    "DiffusionConfig", "Schedule", "make_schedule", "respace", "space_timesteps",
-    "q_sample", "predict_x0_from_eps", "q_posterior_mean_variance", "p_mean_variance",
-    "training_losses", "timestep_to_model_input", "sample_timesteps",
-    "flow_training_loss", "sample_sigmas", "shift_sigmas",
-    "SAMPLERS", "get_sampler", "valid_samplers", "sample_ddpm", "sample_ddim", "sample_euler",
+    "combine_guidance",
+    "condition_dropout",
+    "DiffusionConfig",
+    "flow_training_loss",
+    "get_sampler",
+    "guidance_branches",
+    "GuidanceScales",
+    "make_schedule",
+    "p_mean_variance",
+    "predict_x0_from_eps",
+    "q_posterior_mean_variance",
+    "q_sample",
+    "respace",
+    "sample_ddim",
+    "sample_ddpm",
+    "sample_euler",
+    "sample_sigmas",
+    "sample_timesteps",
+    "SAMPLERS",
+    "Schedule",
+    "shift_sigmas",
+    "space_timesteps",
+    "timestep_to_model_input",
+    "training_losses",
+    "valid_samplers",
 ]

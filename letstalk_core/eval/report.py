@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io.video import iter_video_chunks
+from ..loop import OVERLAP_TAG
 from .metrics import (
     BoundaryJumpAccumulator,
     ColourDriftAccumulator,
@@ -38,7 +39,6 @@ DEFAULT_COLUMNS = (
 TRUTH_REGIONS = {"face": 1, "hair": 2}
 
 
-OVERLAP_TAG = "letstalk_overlap"  # MP4 tag: frames consecutive clips share (seam positions)
 
 
 def _finite_or_none(value):

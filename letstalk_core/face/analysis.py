@@ -359,7 +359,7 @@ class ScrfdDetector:
     ``det_size=(640, 640)`` (a model with a fixed input size keeps its own), ``det_thresh=0.5``, NMS 0.4.
 
     :meth:`detect_faces` returns :class:`Face` objects in insightface's order (by score, after NMS);
-    :meth:`detect` satisfies ``letstalk_core.data.faces.FaceDetector`` (boxes clipped to the frame) so it
+    :meth:`detect` satisfies ``letstalk_core.face.crop.FaceDetector`` (boxes clipped to the frame) so it
     can serve the Face Crop (``--detector scrfd:PATH`` or ``memo:FOLDER``).
 
     The layout (``fmc``, strides, anchors per cell, keypoints) follows from the number of outputs (6, 9, 10

@@ -4,21 +4,24 @@
 * :func:`load_image`, :func:`image_to_tensor`, :func:`tensor_to_uint8`: pictures <-> ``[3, H, W]`` in [-1, 1].
 * :class:`VideoWriter`: streaming MP4 sink (H.264 + AAC); :func:`probe_video`, :func:`read_video_frames`.
 """
-from .audio_file import load_audio, save_wav
-from .image import image_to_tensor, load_image, tensor_to_uint8
+from .audio_file import load_audio, read_audio, save_wav
+from .image import MAX_PORTRAIT_SIDE, image_to_tensor, load_image, prepare_portrait_image, tensor_to_uint8
 from .video import AUTO_CODECS, VideoInfo, VideoWriter, fps_fraction, pick_video_codec, probe_video, read_video_frames
 
 __all__ = [
     "AUTO_CODECS",
-    "VideoInfo",
-    "VideoWriter",
     "fps_fraction",
     "image_to_tensor",
     "load_audio",
     "load_image",
+    "MAX_PORTRAIT_SIDE",
     "pick_video_codec",
+    "prepare_portrait_image",
     "probe_video",
+    "read_audio",
     "read_video_frames",
     "save_wav",
     "tensor_to_uint8",
+    "VideoInfo",
+    "VideoWriter",
 ]

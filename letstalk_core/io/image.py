@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..validation import require_file, require_finite, require_tensor
+
+MAX_PORTRAIT_SIDE = 8192
 
 WHITE = (255, 255, 255)
 _GRAY_INT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
@@ -152,3 +155,50 @@ def tensor_to_uint8(frames: torch.Tensor) -> np.ndarray:
     f = require_finite(frames.detach().to("cpu", torch.float32), "frames")
     levels = torch.round((f.clamp(-1.0, 1.0) + 1.0) * 127.5).to(torch.uint8)
     return levels.movedim(-3, -1).contiguous().numpy()
+
+
+def prepare_portrait_image(image: torch.Tensor, height: int, width: int, *, size_mode: str = "model",
+                           factor: int = 32) -> torch.Tensor:
+    """Portrait ``[C, H, W]`` or ``[1, C, H, W]`` in [-1, 1] → ``[1, 3, height, width]``.
+
+    Grayscale (C = 1) is replicated to RGB; RGBA (C = 4) is composited over white with its alpha channel
+    (given in the same [-1, 1] range). ``size_mode="model"`` centre-crops to the model's aspect ratio and
+    resizes to the size it was trained at; ``"keep"`` keeps the image's own size, which must then be a
+    multiple of the autoencoder's compression ``factor``."""
+    require_tensor(image, "portrait image", ndim=(3, 4))
+    x = image[None] if image.ndim == 3 else image
+    if x.shape[0] != 1:
+        raise ValueError(f"give one portrait, got a batch of {x.shape[0]} images (shape {tuple(image.shape)}).")
+    c, h, w = x.shape[1:]
+    if c not in (1, 3, 4):
+        raise ValueError(f"portrait must have 1 (gray), 3 (RGB) or 4 (RGBA) channels first, got shape {tuple(image.shape)}.")
+    if min(h, w) < 8 or max(h, w) > MAX_PORTRAIT_SIDE:
+        raise ValueError(f"portrait is {w}×{h} pixels; sides must be between 8 and {MAX_PORTRAIT_SIDE}. Resize it first.")
+    require_finite(x, "portrait image")
+    x = x.float()
+    if c == 1:
+        x = x.expand(1, 3, h, w)
+    elif c == 4:
+        alpha = (x[:, 3:] + 1) / 2
+        x = x[:, :3] * alpha + (1 - alpha)
+    if size_mode == "keep":
+        if h % factor or w % factor:
+            raise ValueError(f"portrait is {w}×{h}; with size_mode='keep' both sides must be multiples of {factor} "
+                             f"(e.g. {w // factor * factor or factor}×{h // factor * factor or factor}). "
+                             "Crop or resize it, or use size_mode='model'.")
+        return x.contiguous()
+    if size_mode != "model":
+        raise ValueError(f"size_mode must be 'model' or 'keep'; got {size_mode!r}.")
+    target = height / width
+    if h / w > target:  # too tall: crop rows
+        ch = round(w * target)
+        top = (h - ch) // 2
+        x = x[..., top:top + ch, :]
+    elif h / w < target:
+        cw = round(h / target)
+        left = (w - cw) // 2
+        x = x[..., :, left:left + cw]
+    if tuple(x.shape[-2:]) != (height, width):
+        x = F.interpolate(x, size=(height, width), mode="bicubic", align_corners=False, antialias=True).clamp(-1, 1)
+    return x.contiguous()
+

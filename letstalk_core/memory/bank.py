@@ -7,7 +7,42 @@ resumed to an identical result.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+
+def _non_negative_int(value, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0; got {value!r}.")
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """The noise-regularised memory bank (letstalk_memo.md §1.7).
+
+    ``frames`` is f, the number of clean latent frames carried from one clip to the next. The three
+    regularisers are applied to the memory in training only: pixel noise σ = exp(N(μ, s²)) before
+    encoding, forward diffusion with t ~ U{0, …, ``latent_noise_max_t``}, and a spatial mask zeroing
+    ``mask_ratio`` of the positions (one mask per batch, shared over samples, frames and channels).
+    """
+
+    frames: int = 2
+    pixel_noise: bool = True
+    pixel_noise_log_mean: float = -3.0
+    pixel_noise_log_std: float = 0.5
+    latent_noise: bool = True
+    latent_noise_max_t: int = 49
+    spatial_mask: bool = True
+    mask_ratio: float = 0.25
+
+    def __post_init__(self) -> None:
+        _non_negative_int(self.frames, "MemoryConfig.frames")
+        _non_negative_int(self.latent_noise_max_t, "MemoryConfig.latent_noise_max_t")
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in [0, 1); got {self.mask_ratio}.")
+        if self.pixel_noise_log_std < 0:
+            raise ValueError(f"pixel_noise_log_std must be >= 0; got {self.pixel_noise_log_std}.")
 
 
 def initial_memory(portrait_latent: torch.Tensor, frames: int) -> torch.Tensor:

@@ -147,7 +147,7 @@ class LinearAttentionMemory:
     def rows(self, index: int, count: int) -> "LinearAttentionMemory":
         """The state of batch row ``index`` of ``count`` (the guidance branches), as views: a forward of
         that row alone reads exactly the numbers the batched forward reads for it (each layer's state is
-        ``[B·L·H, …]``, batch-major, see ``unet/temporal.py``)."""
+        ``[B·L·H, …]``, batch-major, see ``families/memo/temporal.py``)."""
         out = LinearAttentionMemory(dtype=self.dtype, decay=self.decay, clips=self.clips, storage=self.storage)
         for name, (kv, z) in self.layers.items():
             n = kv.shape[0] // count

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..config import MemoryConfig
+from .bank import MemoryConfig
 
 
 def _randn(shape, generator, like: torch.Tensor) -> torch.Tensor:

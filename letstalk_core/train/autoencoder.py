@@ -102,7 +102,7 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, *, progress: bool = True) -> 
     LetsTalk config with this DC-AE, for ``letstalk preprocess`` / ``letstalk train``)."""
     from ..autoencoder.checkpoint import save_dcae
     from ..autoencoder.dc_ae import DCAE
-    from ..config import get_preset
+    from ..families.letstalk.config import get_preset
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

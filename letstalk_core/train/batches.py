@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from ..audio.windows import frame_windows_range
-from ..config import LetsTalkConfig
 from ..diffusion.flow import sample_sigmas
+from ..families.letstalk.config import LetsTalkConfig
 from ..memory.noise import add_latent_noise, add_pixel_noise, spatial_mask
 
 

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..config import LetsTalkConfig, get_preset
+from ..families.letstalk.config import LetsTalkConfig, get_preset
 from .config import TrainConfig
 
 CHECKPOINT_DIR = "checkpoints"
@@ -182,8 +182,8 @@ def _atomic_save(obj, path: Path) -> None:
 def export_model(path: Path, config: LetsTalkConfig, ema: dict, dcae, cfg: TrainConfig, step: int) -> Path:
     """The EMA weights as a LetsTalk checkpoint with the DC-AE bundled and the training recipe in the
     metadata (``letstalk_training``)."""
-    from ..checkpoint import recipe_metadata, save_checkpoint
-    from ..dit.transformer import LetsTalkTransformer
+    from ..families.letstalk.checkpoint import recipe_metadata, save_checkpoint
+    from ..families.letstalk.transformer import LetsTalkTransformer
 
     with torch.device("meta"):
         shell = LetsTalkTransformer(config)
@@ -202,7 +202,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
     from ..diffusion.flow import flow_training_loss
     from ..diffusion.gaussian import training_losses
     from ..diffusion.schedule import DiffusionConfig, make_schedule
-    from ..dit.transformer import LetsTalkTransformer
+    from ..families.letstalk.transformer import LetsTalkTransformer
     from .batches import BatchBuilder, ShardSource
 
     info = init_distributed()

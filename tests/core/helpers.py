@@ -7,9 +7,9 @@ import torch
 
 from letstalk_core.audio.features import SpeechEncoder
 from letstalk_core.autoencoder.dc_ae import DCAE
-from letstalk_core.config import get_preset
-from letstalk_core.dit.transformer import LetsTalkTransformer
-from letstalk_core.pipeline import LetsTalkGenerator
+from letstalk_core.families.letstalk.config import get_preset
+from letstalk_core.families.letstalk.generator import LetsTalkGenerator
+from letstalk_core.families.letstalk.transformer import LetsTalkTransformer
 
 
 def perturb(module: torch.nn.Module, std: float = 0.05, seed: int = 0) -> torch.nn.Module:

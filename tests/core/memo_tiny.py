@@ -34,7 +34,7 @@ def make_tiny_memo(root: Path, *, face_models: bool = True) -> dict[str, Path]:
     """Write the installation under ``root``; returns the paths (``memo``, ``vae``, ``wav2vec2``)."""
     from letstalk_core.audio.wav2vec2 import Wav2Vec2Config, Wav2Vec2Encoder
     from letstalk_core.autoencoder.sd_vae import SDVAE, SDVAEConfig
-    from letstalk_core.unet.projections import ImageProj
+    from letstalk_core.families.memo.projections import ImageProj
 
     root = Path(root)
     memo = root / "memo"

@@ -4,7 +4,8 @@ presets) are in test_cli.py; rates and channel layouts in test_pipeline.py."""
 import pytest
 import torch
 
-from letstalk_core.pipeline import GenerationSettings, ListSink, prepare_portrait_image
+from letstalk_core.io.image import prepare_portrait_image
+from letstalk_core.loop import GenerationSettings, ListSink
 from tests.core.helpers import portrait, speech_like, tiny_generator
 
 

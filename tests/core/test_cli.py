@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
-from letstalk_core.checkpoint import save_checkpoint
 from letstalk_core.cli import main
+from letstalk_core.families.letstalk.checkpoint import save_checkpoint
 from letstalk_core.io.audio_file import save_wav
 from letstalk_core.io.image import load_image
 from letstalk_core.io.video import probe_video, read_video_frames
@@ -59,7 +59,7 @@ def test_resume_dir_gives_the_same_video(files, native_bf16, monkeypatch):
     with safe_open(str(state), framework="pt") as f:
         assert f.metadata()["next_clip"] == "10"  # 58 frames in clips of 8 sharing 2 (the default: a quarter of a clip)
     # simulate an interruption after clip 2: rewind the state and drop the later clip files
-    from letstalk_core.pipeline import GenerationState
+    from letstalk_core.loop import GenerationState
     full_state = GenerationState.load(state)
     import numpy as np
     originals = [np.load(d / "run" / f"clip_{i:05d}.npy") for i in range(10)]
@@ -68,9 +68,10 @@ def test_resume_dir_gives_the_same_video(files, native_bf16, monkeypatch):
     last = torch.from_numpy(np.load(d / "run" / "clip_00001.npy")).float()
     assert last.shape == (6, 32, 32, 3)  # a clip's own frames: 8 less the 2 it hands to the next
     # the memory after clip 1 is rebuilt by rerunning clips 0-1 without the store
-    from letstalk_core.loading import load_generator
+    from letstalk_core.families.letstalk.generator import RECOMMENDED_MEMORY_ANCHOR
+    from letstalk_core.families.letstalk.loading import load_generator
     from letstalk_core.io.audio_file import load_audio
-    from letstalk_core.pipeline import RECOMMENDED_MEMORY_ANCHOR, GenerationSettings, recommended_overlap
+    from letstalk_core.loop import GenerationSettings, recommended_overlap
     gen = load_generator(ckpt, device="cpu", dtype="auto")  # what the CLI's --dtype auto picked
     assert gen.dtype == (torch.bfloat16 if native_bf16 == "1" else torch.float32)
     wave, rate = load_audio(d / "speech.wav")
@@ -157,7 +158,7 @@ def test_resume_dir_is_removed_after_a_complete_run_unless_kept(files, tmp_path,
 
 
 def test_steps_default_to_the_checkpoints_recorded_recipe(files, tmp_path, capsys):
-    from letstalk_core.checkpoint import recipe_metadata
+    from letstalk_core.families.letstalk.checkpoint import recipe_metadata
     from tests.core.helpers import tiny_parts
 
     d, _ = files
@@ -171,7 +172,7 @@ def test_steps_default_to_the_checkpoints_recorded_recipe(files, tmp_path, capsy
         in capsys.readouterr().err
     assert _run(d, plain, tmp_path / "b.mp4", audio, "--steps", "1") == 0
     assert "1 " in capsys.readouterr().err
-    from letstalk_core.checkpoint import OBJECTIVE_RECIPES, inference_recipe
+    from letstalk_core.families.letstalk.checkpoint import OBJECTIVE_RECIPES, inference_recipe
 
     r = inference_recipe(cfg, {})
     assert r.steps == OBJECTIVE_RECIPES[cfg.diffusion.objective]["steps"] and "default for" in r.source

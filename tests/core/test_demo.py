@@ -13,10 +13,10 @@ from letstalk_core.io.video import probe_video
 
 
 def test_demo_command_writes_a_talking_video(tmp_path, capsys):
-    from letstalk_core.checkpoint import save_checkpoint
-    from letstalk_core.config import get_preset
-    from letstalk_core.dit.transformer import LetsTalkTransformer
     from letstalk_core.autoencoder.dc_ae import DCAE
+    from letstalk_core.families.letstalk.checkpoint import save_checkpoint
+    from letstalk_core.families.letstalk.config import get_preset
+    from letstalk_core.families.letstalk.transformer import LetsTalkTransformer
 
     cfg = get_preset("tiny")
     torch.manual_seed(0)
@@ -46,7 +46,7 @@ def test_stamp_provenance_keeps_tensors_and_adds_recipe(tmp_path):
 
 def test_shipped_demo_model_is_complete():
     """The committed demo model: under 50 MB with its DC-AE, loadable, and it records how it was made."""
-    from letstalk_core.checkpoint import read_checkpoint
+    from letstalk_core.families.letstalk.checkpoint import read_checkpoint
 
     assert DEMO_MODEL.is_file(), f"{DEMO_MODEL} is missing"
     assert DEMO_MODEL.stat().st_size < 50 * 2**20

@@ -4,9 +4,9 @@ timestep embedding."""
 import pytest
 import torch
 
-from letstalk_core.dit.attention import relu_linear_attention, softmax_attention
-from letstalk_core.dit.embeddings import TimestepEmbedder, sincos_1d, sincos_2d
-from letstalk_core.dit.modules import GLUMBConv, LiteLinearAttention
+from letstalk_core.families.letstalk.embeddings import TimestepEmbedder, sincos_1d, sincos_2d
+from letstalk_core.families.letstalk.modules import GLUMBConv, LiteLinearAttention
+from letstalk_core.layers.linear_attention import relu_linear_attention, softmax_attention
 
 diffusers = pytest.importorskip("diffusers")
 

@@ -5,8 +5,8 @@ import itertools
 import pytest
 import torch
 
-from letstalk_core.config import DIT_PRESETS, get_preset
-from letstalk_core.dit.transformer import LetsTalkTransformer, count_parameters
+from letstalk_core.families.letstalk.config import DIT_PRESETS, get_preset
+from letstalk_core.families.letstalk.transformer import LetsTalkTransformer, count_parameters
 
 
 def _perturb(model, std=0.05):

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from letstalk_core.data.faces import FaceDetector, make_detector
 from letstalk_core.face import analysis as fa
+from letstalk_core.face.crop import FaceDetector, make_detector
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "face"
 IMAGES = ("two_faces", "portrait", "no_face")

@@ -3,9 +3,10 @@ condition-dropout hook drops at the asked rates."""
 import pytest
 import torch
 
-from letstalk_core.config import get_preset
-from letstalk_core.diffusion.guidance import GuidanceScales, combine_guidance, condition_dropout, guidance_branches, guided_model_fn
-from letstalk_core.dit.transformer import LetsTalkTransformer
+from letstalk_core.diffusion.guidance import GuidanceScales, combine_guidance, condition_dropout, guidance_branches
+from letstalk_core.families.letstalk.config import get_preset
+from letstalk_core.families.letstalk.guidance import guided_model_fn
+from letstalk_core.families.letstalk.transformer import LetsTalkTransformer
 
 
 def test_branch_selection():

@@ -14,7 +14,7 @@ from letstalk_core.cli import main
 from letstalk_core.io.audio_file import save_wav
 from letstalk_core.io.image import load_image
 from letstalk_core.io.video import probe_video, read_video_frames
-from letstalk_core.pipeline import GenerationSettings
+from letstalk_core.loop import GenerationSettings
 from tests.core.memo_tiny import GOLDEN, NO_FACE, PORTRAIT, SIZE, make_tiny_memo
 
 pytest.importorskip("onnxruntime", reason="face analysis needs onnxruntime (in the test extra)")
@@ -33,7 +33,7 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def gen(tiny):
-    from letstalk_core.unet.generator import load_memo_generator
+    from letstalk_core.families.memo.generator import load_memo_generator
 
     return load_memo_generator(tiny["memo"], vae=tiny["vae"], speech_encoder=tiny["wav2vec2"], device="cpu",
                                dtype="fp32", size=SIZE)
@@ -41,8 +41,8 @@ def gen(tiny):
 
 @pytest.fixture(scope="module")
 def prepared(gen, tiny):
+    from letstalk_core.families.memo.generator import portrait_face_embedding
     from letstalk_core.io.audio_file import load_audio
-    from letstalk_core.unet.generator import portrait_face_embedding
 
     wave, rate = load_audio(tiny["speech"])
     image = load_image(PORTRAIT)
@@ -55,10 +55,14 @@ def prepared(gen, tiny):
 def test_reference_features_once_per_video_equal_the_per_clip_layout():
     """The reference runs the Reference Net on [ref, past…] × 2 every clip (contexts paired i mod 2); we run
     the reference image once and the past frames alone, with the same pairing."""
-    from letstalk_core.unet.conditions import (initial_past_features, past_features, reference_features,
-                                               reference_tokens)
-    from letstalk_core.unet.diffusion_net import split_reference_features
-    from letstalk_core.unet.loading import open_memo_folder
+    from letstalk_core.families.memo.conditions import (
+        initial_past_features,
+        past_features,
+        reference_features,
+        reference_tokens,
+    )
+    from letstalk_core.families.memo.diffusion_net import split_reference_features
+    from letstalk_core.families.memo.loading import open_memo_folder
 
     io = load_file(GOLDEN / "io.safetensors")
     folder = open_memo_folder(GOLDEN)
@@ -90,7 +94,7 @@ def _run(gen, prepared, settings, state=None, replay=None, latents_out=None):
 def test_loop_makes_exact_frames_and_resumes_bit_identically(gen, prepared, overlap, tmp_path):
     """The saved state holds no memory (MEMO's is rebuilt from the finished clips' latents): resumed
     after clip 2 from the file and the two clips' latents, the rest equals the uninterrupted run."""
-    from letstalk_core.pipeline import GenerationState
+    from letstalk_core.loop import GenerationState
 
     settings = GenerationSettings(steps=2, seed=5, overlap=overlap)
     latents = []
@@ -124,8 +128,8 @@ def test_memory_changes_the_video_and_emotion_is_a_condition(gen, prepared):
 
 def test_auto_emotion_uses_the_label_track(gen, tiny):
     from letstalk_core.audio.emotion2vec import Emotion2vecConfig, Emotion2vecEncoder
+    from letstalk_core.families.memo.generator import emotion_source
     from letstalk_core.io.audio_file import load_audio
-    from letstalk_core.unet.generator import emotion_source
 
     torch.manual_seed(0)
     cfg = Emotion2vecConfig(depth=1, model_depth=1, prenet_depth=0, num_heads=4, num_alibi_heads=4,
@@ -177,7 +181,7 @@ def test_cli_errors_say_what_to_do(tiny, tmp_path, capsys):
 def test_cli_resume_equals_an_uninterrupted_run(tiny, tmp_path):
     """Interrupt during clip 3 (Ctrl-C in its memory update), run the same command again: the video
     equals the uninterrupted one frame for frame."""
-    import letstalk_core.unet.generator as g
+    import letstalk_core.families.memo.generator as g
 
     full = tmp_path / "full.mp4"
     assert _cli(tiny, full, "--emotion", "happy") == 0
@@ -230,8 +234,8 @@ def test_info_prints_the_memory_plan_of_each_tier(tiny, capsys):
 
 
 def test_cli_refuses_a_run_that_does_not_fit_before_any_work(tiny, tmp_path, capsys, monkeypatch):
-    import letstalk_core.unet.generator as g
-    import letstalk_core.unet.memory_plan as mp
+    import letstalk_core.families.memo.generator as g
+    import letstalk_core.families.memo.memory_plan as mp
 
     monkeypatch.setattr(mp, "free_memory", lambda device: 1 << 20)  # 1 MiB free
     monkeypatch.setattr(g.MemoGenerator, "prepare", lambda *a, **k: pytest.fail("work started"))

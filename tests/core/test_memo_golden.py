@@ -13,10 +13,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from letstalk_core.diffusion.samplers import sample_euler
+from letstalk_core.families.memo.diffusion_net import DiffusionNet, split_reference_features
+from letstalk_core.families.memo.loading import open_memo_folder
+from letstalk_core.families.memo.sampling import guided_conditions, guided_velocity, memo_schedule
 from letstalk_core.memory.linear_state import LinearAttentionMemory
-from letstalk_core.unet.diffusion_net import DiffusionNet, split_reference_features
-from letstalk_core.unet.loading import open_memo_folder
-from letstalk_core.unet.sampling import guided_conditions, guided_velocity, memo_schedule
 
 GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "memo" / "golden"
 TOL = 1e-4

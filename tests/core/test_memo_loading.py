@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from letstalk_core.unet.loading import WEIGHTS, load_memo, looks_like_memo_folder, open_memo_folder
+from letstalk_core.families.memo.loading import WEIGHTS, load_memo, looks_like_memo_folder, open_memo_folder
 
 GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "memo" / "golden"
 
@@ -134,7 +134,7 @@ def test_position_tables_may_be_absent(folder):
 
 
 def test_letstalk_checkpoint_is_not_a_memo_folder_and_back(folder, tmp_path):
-    from letstalk_core.checkpoint import read_checkpoint
+    from letstalk_core.families.letstalk.checkpoint import read_checkpoint
     demo = Path(__file__).resolve().parents[2] / "letstalk_core" / "models" / "letstalk-demo.safetensors"
     with pytest.raises(ValueError, match=r"is a LetsTalk checkpoint .*not a MEMO model folder"):
         open_memo_folder(demo)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from letstalk_core.unet.loading import PARTS, WEIGHTS, open_memo_folder
+from letstalk_core.families.memo.loading import PARTS, WEIGHTS, open_memo_folder
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "memo"
 PUBLISHED_PARAMETERS = {"reference_net": 0.86e9, "diffusion_net": 1.68e9}
@@ -78,8 +78,8 @@ def test_published_diffusion_config(full_size_folder):
 @torch.no_grad()
 def test_reference_net_equals_diffusers_unet(tmp_path):
     diffusers = pytest.importorskip("diffusers")
-    from letstalk_core.unet.config import parse_unet_config
-    from letstalk_core.unet.reference_net import ReferenceNet
+    from letstalk_core.families.memo.config import parse_unet_config
+    from letstalk_core.families.memo.reference_net import ReferenceNet
 
     torch.manual_seed(0)
     kw = dict(block_out_channels=(32, 64, 64), layers_per_block=2, attention_head_dim=2, norm_num_groups=8,
@@ -126,7 +126,7 @@ def test_reference_keys_projected_once_equal_the_reference_concatenation():
     with and without guidance rows (which see their own tokens only)."""
     import torch
 
-    from letstalk_core.unet.spatial import ReferenceAttentionBlock, tile_context
+    from letstalk_core.families.memo.spatial import ReferenceAttentionBlock, tile_context
 
     torch.manual_seed(0)
     block = ReferenceAttentionBlock(32, 4, 16).eval()

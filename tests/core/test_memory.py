@@ -4,9 +4,17 @@ import math
 import pytest
 import torch
 
-from letstalk_core.config import MemoryConfig
 from letstalk_core.diffusion.schedule import DiffusionConfig, make_schedule
-from letstalk_core.memory import add_latent_noise, anchor_memory, add_pixel_noise, initial_memory, regularise_memory, spatial_mask, update_memory
+from letstalk_core.memory import (
+    add_latent_noise,
+    add_pixel_noise,
+    anchor_memory,
+    initial_memory,
+    regularise_memory,
+    spatial_mask,
+    update_memory,
+)
+from letstalk_core.memory.bank import MemoryConfig
 
 
 def test_initial_memory_repeats_the_portrait():

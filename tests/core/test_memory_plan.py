@@ -1,4 +1,4 @@
-"""MEMO's memory plan and the options that make a run fit (letstalk_core/unet/memory_plan.py).
+"""MEMO's memory plan and the options that make a run fit (letstalk_core/families/memo/memory_plan.py).
 
 * the meta-device trace counts live bytes exactly, frees included;
 * the plan's memory state equals a real run's, byte for byte, in fp32 and bf16;
@@ -16,13 +16,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from letstalk_core.families.memo.conditions import past_features
+from letstalk_core.families.memo.diffusion_net import split_reference_features
+from letstalk_core.families.memo.loading import open_memo_folder
+from letstalk_core.families.memo.memory_plan import TIERS, ConfigFolder, MemoOptions, choose_options, plan_memo
+from letstalk_core.families.memo.sampling import guided_conditions, guided_velocity
 from letstalk_core.memory.linear_state import LinearAttentionMemory, fold, fold_past, past_contribution
 from letstalk_core.memory_trace import meta_trace
-from letstalk_core.unet.conditions import past_features
-from letstalk_core.unet.diffusion_net import split_reference_features
-from letstalk_core.unet.loading import open_memo_folder
-from letstalk_core.unet.memory_plan import (TIERS, ConfigFolder, MemoOptions, choose_options, plan_memo)
-from letstalk_core.unet.sampling import guided_conditions, guided_velocity
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "memo"
 GOLDEN = FIXTURES / "golden"
@@ -109,7 +109,7 @@ def test_each_option_against_the_fp32_state_run_on_the_golden_fixture(golden):
     anchor): the all-resident fp32-state run, then each option alone. Printed: max |Δ| of the sampled
     latents against the fp32-state run."""
     from letstalk_core.diffusion.samplers import sample_euler
-    from letstalk_core.unet.sampling import memo_schedule
+    from letstalk_core.families.memo.sampling import memo_schedule
 
     _, nets, io = golden
     net, frames = nets["diffusion_net"], 4

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from letstalk_core.eval.metrics import boundary_jump, flicker, seam_transitions
-from letstalk_core.pipeline import GenerationSettings, GenerationState, ListSink, crossfade, max_overlap, plan_clips
+from letstalk_core.loop import GenerationSettings, GenerationState, ListSink, crossfade, max_overlap, plan_clips
 from tests.core.helpers import portrait, speech_like, tiny_generator
 
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from letstalk_core.pipeline import GenerationSettings, GenerationState, ListSink, plan_clips
+from letstalk_core.loop import GenerationSettings, GenerationState, ListSink, plan_clips
 from tests.core.helpers import portrait, speech_like, tiny_generator
 
 SETTINGS = GenerationSettings(sampler="ddim", steps=3, seed=7, decode_chunk=3)
@@ -110,9 +110,9 @@ def test_other_fusions_generate(portrait_fusion, audio_fusion):
 
 
 def test_bf16_model_generates_close_to_fp32(full_run):
-    from tests.core.helpers import tiny_parts
     from letstalk_core.audio.features import SpeechEncoder
-    from letstalk_core.pipeline import LetsTalkGenerator
+    from letstalk_core.families.letstalk.generator import LetsTalkGenerator
+    from tests.core.helpers import tiny_parts
 
     cfg, model, dcae = tiny_parts()
     gen = LetsTalkGenerator(cfg, model, dcae, SpeechEncoder(cfg.speech_encoder), dtype=torch.bfloat16)

@@ -13,15 +13,6 @@ import torch
 from letstalk_core.audio.features import SpeechEncoder
 from letstalk_core.autoencoder.checkpoint import save_dcae
 from letstalk_core.autoencoder.dc_ae import encode_frames
-from letstalk_core.checkpoint import save_checkpoint
-from letstalk_core.data.faces import (
-    HaarDetector,
-    NoDetector,
-    OnnxDetector,
-    crop_and_resize,
-    crop_box_for_video,
-    make_detector,
-)
 from letstalk_core.data.preprocess import (
     add_preprocess_command,
     load_preprocess_models,
@@ -36,6 +27,15 @@ from letstalk_core.data.shards import (
     write_index,
     write_shard,
 )
+from letstalk_core.face.crop import (
+    HaarDetector,
+    NoDetector,
+    OnnxDetector,
+    crop_and_resize,
+    crop_box_for_video,
+    make_detector,
+)
+from letstalk_core.families.letstalk.checkpoint import save_checkpoint
 from letstalk_core.io.audio_file import load_audio
 from letstalk_core.io.video import VideoWriter, read_video_frames
 from tests.core.helpers import perturb, tiny_parts

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from letstalk_core.loading import native_bf16, pick_dtype
+from letstalk_core.devices import native_bf16, pick_dtype
 
 
 @pytest.fixture(autouse=True)
@@ -68,7 +68,7 @@ def test_unknown_dtype_says_what_to_use():
 def test_the_probe_can_be_forced_either_way(monkeypatch, value, native):
     """LETSTALK_NATIVE_BF16 answers the probe on any machine: the suite runs as on a CPU with and without
     native bf16 (python3 scripts/bootstrap.py test, with the variable set)."""
-    from letstalk_core.loading import native_bf16, pick_dtype
+    from letstalk_core.devices import native_bf16, pick_dtype
 
     monkeypatch.setenv("LETSTALK_NATIVE_BF16", value)
     ok, why = native_bf16(torch.device("cpu"))

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from letstalk_core.config import get_preset
+from letstalk_core.families.letstalk.config import get_preset
 from letstalk_core.train.config import TrainConfig, load_train_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,8 +117,8 @@ def test_exported_model_generates(shards, tmp_path):
     """The export is a LetsTalk checkpoint (EMA weights, DC-AE bundled) that the generator loads."""
     from letstalk_core.autoencoder.checkpoint import save_dcae
     from letstalk_core.autoencoder.dc_ae import DCAE
-    from letstalk_core.loading import load_generator
-    from letstalk_core.pipeline import GenerationSettings, ListSink
+    from letstalk_core.families.letstalk.loading import load_generator
+    from letstalk_core.loop import GenerationSettings, ListSink
     from letstalk_core.train.loop import train
 
     cfg = get_preset("tiny")
@@ -140,9 +140,9 @@ def test_exported_model_generates(shards, tmp_path):
 def test_flow_objective_trains_and_generates(shards, tmp_path):
     """A flow-objective config trains with the velocity loss (memory noise still from the DDPM
     schedule's first 50 steps) and its export samples with the Euler sampler ("auto")."""
-    from letstalk_core.config import LetsTalkConfig
-    from letstalk_core.loading import load_generator
-    from letstalk_core.pipeline import GenerationSettings, ListSink
+    from letstalk_core.families.letstalk.config import LetsTalkConfig
+    from letstalk_core.families.letstalk.loading import load_generator
+    from letstalk_core.loop import GenerationSettings, ListSink
     from letstalk_core.train.loop import train
 
     d = json.loads(get_preset("tiny").to_json())

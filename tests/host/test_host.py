@@ -246,7 +246,8 @@ def test_plan_route_matches_the_audio(comfy):
 
 
 def test_loop_defaults_are_the_core_recommendation(object_info):
-    from letstalk_core.pipeline import RECOMMENDED_MEMORY_ANCHOR, recommended_overlap
+    from letstalk_core.families.letstalk.generator import RECOMMENDED_MEMORY_ANCHOR
+    from letstalk_core.loop import recommended_overlap
 
     optional = object_info["LetsTalkMemoryBankLoop"]["input"]["optional"] | object_info["LetsTalkMemoryBankLoop"]["input"]["required"]
     assert optional["overlap"][1]["default"] == recommended_overlap(16)  # the demo model's clips
@@ -270,8 +271,8 @@ def test_dcae_loader_file_and_batch_round_trip(comfy):
     """A DC-AE file in models/vae (the demo model's own autoencoder, saved by the core) loads through
     LetsTalk DC-AE Loader, and a batch of 3 RGB images goes through DC-AE Encode → Decode."""
     from letstalk_core.autoencoder.checkpoint import save_dcae
-    from letstalk_core.checkpoint import read_checkpoint
-    from letstalk_core.loading import bundled_dcae
+    from letstalk_core.families.letstalk.checkpoint import read_checkpoint
+    from letstalk_core.families.letstalk.loading import bundled_dcae
 
     config, groups, _ = read_checkpoint(REPO / "letstalk_core" / "models" / "letstalk-demo.safetensors")
     save_dcae(bundled_dcae(config, groups["dcae"]), config.dcae, comfy.dirs["models"] / "vae" / "letstalk_test_dcae.safetensors")
@@ -305,9 +306,9 @@ def test_native_audio_encoder_equals_the_packs_speech_encoder_loader(comfy, tmp_
     from letstalk_core.audio.features import SpeechEncoderConfig
     from letstalk_core.audio.wav2vec2 import WAV2VEC2_PRESETS, Wav2Vec2Encoder
     from letstalk_core.autoencoder.dc_ae import DCAE
-    from letstalk_core.checkpoint import save_checkpoint
-    from letstalk_core.config import get_preset
-    from letstalk_core.dit.transformer import LetsTalkTransformer
+    from letstalk_core.families.letstalk.checkpoint import save_checkpoint
+    from letstalk_core.families.letstalk.config import get_preset
+    from letstalk_core.families.letstalk.transformer import LetsTalkTransformer
 
     torch.manual_seed(0)
     w2v = Wav2Vec2Encoder(WAV2VEC2_PRESETS["wav2vec2-base"])

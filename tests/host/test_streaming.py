@@ -18,7 +18,6 @@ import math
 import time
 import uuid
 
-
 from tests.host.conftest import ASSETS, start_comfy, stop_comfy
 from tests.host.test_host import audio_samples, load_api, node_of, outputs_of, probe_mp4
 
@@ -32,9 +31,9 @@ def _tiny_512_checkpoint(path) -> None:
 
     from letstalk_core.autoencoder.config import DCAEConfig
     from letstalk_core.autoencoder.dc_ae import DCAE
-    from letstalk_core.checkpoint import save_checkpoint
-    from letstalk_core.config import get_preset
-    from letstalk_core.dit.transformer import LetsTalkTransformer
+    from letstalk_core.families.letstalk.checkpoint import save_checkpoint
+    from letstalk_core.families.letstalk.config import get_preset
+    from letstalk_core.families.letstalk.transformer import LetsTalkTransformer
 
     torch.manual_seed(0)
     dcae = DCAEConfig(latent_channels=4, attention_head_dim=8,
@@ -53,8 +52,8 @@ def _tiny_512_checkpoint(path) -> None:
 def _speech_wav(path, seconds: float) -> int:
     """The demo speech repeated to ``seconds`` (16 kHz mono wav); returns its sample count."""
 
-    from letstalk_core.io.audio_file import load_audio, save_wav
     from letstalk_core.audio.waveform import resample
+    from letstalk_core.io.audio_file import load_audio, save_wav
 
     wave, rate = load_audio(ASSETS / "letstalk_demo_speech.flac")
     mono = resample(wave.mean(0, keepdim=True), rate, 16000)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..layers.attention import merge_heads, split_heads  # noqa: F401  (re-exported for the DiT)
+from .attention import merge_heads, split_heads  # noqa: F401  (re-exported for the DiT)
 
 LINEAR_ATTENTION_EPS = 1e-8  # SanaMSBlock's LiteLA epsilon (components.md §2.1)
 

@@ -21,14 +21,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..layers.embeddings import TimestepEmbedding
-from ..layers.resnet import Downsample, ResnetBlock, Upsample, group_norm
-from ..memory.linear_state import LinearAttentionMemory, fold_past
-from ..validation import require_tensor
+from ...layers.embeddings import TimestepEmbedding
+from ...layers.resnet import Downsample, ResnetBlock, Upsample, group_norm
+from ...memory.linear_state import LinearAttentionMemory, fold_past
+from ...validation import require_tensor
 from .audio_module import AudioModule
 from .config import UNetConfig
-from .reference_net import (ReferenceFeatures, UNetBlock, down_resnet_channels, time_embedding, up_channels,
-                            up_resnet_channels)
+from .reference_net import (
+    ReferenceFeatures,
+    UNetBlock,
+    down_resnet_channels,
+    time_embedding,
+    up_channels,
+    up_resnet_channels,
+)
 from .spatial import SpatialTransformer3D, tile_context
 from .temporal import MemoryTemporalModule
 

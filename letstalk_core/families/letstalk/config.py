@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from ...memory.bank import MemoryConfig
+
 PORTRAIT_FUSIONS = ("symbiotic", "siamese", "direct")
 AUDIO_FUSIONS = ("direct", "symbiotic")
 
@@ -79,34 +81,6 @@ class DiTConfig:
 
 
 @dataclass(frozen=True)
-class MemoryConfig:
-    """The noise-regularised memory bank (letstalk_memo.md §1.7).
-
-    ``frames`` is f, the number of clean latent frames carried from one clip to the next. The three
-    regularisers are applied to the memory in training only: pixel noise σ = exp(N(μ, s²)) before
-    encoding, forward diffusion with t ~ U{0, …, ``latent_noise_max_t``}, and a spatial mask zeroing
-    ``mask_ratio`` of the positions (one mask per batch, shared over samples, frames and channels).
-    """
-
-    frames: int = 2
-    pixel_noise: bool = True
-    pixel_noise_log_mean: float = -3.0
-    pixel_noise_log_std: float = 0.5
-    latent_noise: bool = True
-    latent_noise_max_t: int = 49
-    spatial_mask: bool = True
-    mask_ratio: float = 0.25
-
-    def __post_init__(self) -> None:
-        _positive_int(self.frames, "MemoryConfig.frames", minimum=0)
-        _positive_int(self.latent_noise_max_t, "MemoryConfig.latent_noise_max_t", minimum=0)
-        if not 0.0 <= self.mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio must be in [0, 1); got {self.mask_ratio}.")
-        if self.pixel_noise_log_std < 0:
-            raise ValueError(f"pixel_noise_log_std must be >= 0; got {self.pixel_noise_log_std}.")
-
-
-@dataclass(frozen=True)
 class VideoConfig:
     """Frame timing and size: clips of ``clip_frames`` at ``fps``, frames of ``height``×``width``."""
 
@@ -146,10 +120,10 @@ class LetsTalkConfig:
     audio_window: int = 2  # ±frames of audio features per video frame (Hallo's audio_margin)
 
     def __post_init__(self) -> None:
-        from .audio.features import SpeechEncoderConfig
-        from .audio.projector import AudioProjectorConfig
-        from .autoencoder.config import DCAEConfig, get_dcae_config
-        from .diffusion.schedule import DiffusionConfig
+        from ...audio.features import SpeechEncoderConfig
+        from ...audio.projector import AudioProjectorConfig
+        from ...autoencoder.config import DCAEConfig, get_dcae_config
+        from ...diffusion.schedule import DiffusionConfig
 
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
         set_("dit", _sub(DiTConfig, self.dit))
@@ -240,7 +214,7 @@ PAPER_PARAMETERS = {"letstalk-b": "0.3 B", "letstalk-l": "0.7 B"}
 def tiny_dcae_config():
     """A small DC-AE with the sana structure (residual stages, then EfficientViT stages with multiscale
     attention): 8× compression, 8 latent channels. For tests and benchmarks of the pipeline only."""
-    from .autoencoder.config import DCAEConfig
+    from ...autoencoder.config import DCAEConfig
 
     return DCAEConfig(
         latent_channels=8, attention_head_dim=8,
@@ -256,7 +230,7 @@ def tiny_dcae_config():
 
 def _tiny_config(**dit_overrides) -> LetsTalkConfig:
     """A few-hundred-thousand-parameter model for tests: tiny DC-AE, log-mel audio, 2 blocks."""
-    from .audio.features import MelConfig, SpeechEncoderConfig
+    from ...audio.features import MelConfig, SpeechEncoderConfig
 
     dcae = tiny_dcae_config()
     dit = dict(depth=2, hidden_size=64, temporal_heads=2, linear_head_dim=32, mlp_ratio=2.0,
@@ -276,7 +250,7 @@ def demo_dcae_config():
     """The demo DC-AE: the sana structure (residual stages, then EfficientViT stages) at 64×64 px,
     8× compression to 16 latent channels (8×8 latents). ``scaling_factor`` is set by its trainer to
     1/std of the training latents (as the published DC-AEs), so the diffusion sees unit-scale latents."""
-    from .autoencoder.config import DCAEConfig
+    from ...autoencoder.config import DCAEConfig
 
     return DCAEConfig(
         latent_channels=16, attention_head_dim=16,
@@ -298,9 +272,9 @@ def _demo_config(**dit_overrides) -> LetsTalkConfig:
     rather than the paper's ε-prediction DDPM: with a few thousand CPU steps, an ε-model's error at
     t ≈ T is multiplied by √((1−ᾱ)/ᾱ) ≈ 156 in its x̂0 (measured: ε-MSE 0.011 → x̂0 error 16.6 after
     1000 steps), which derails sampling; a velocity model's x̂0 error is bounded by σ ≤ 1."""
-    from .audio.features import MelConfig, SpeechEncoderConfig
-    from .audio.projector import AudioProjectorConfig
-    from .diffusion.schedule import DiffusionConfig
+    from ...audio.features import MelConfig, SpeechEncoderConfig
+    from ...audio.projector import AudioProjectorConfig
+    from ...diffusion.schedule import DiffusionConfig
 
     dcae = demo_dcae_config()
     dit = dict(depth=4, hidden_size=128, temporal_heads=4, linear_head_dim=32, mlp_ratio=2.5,

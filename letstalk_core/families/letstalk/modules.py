@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import merge_heads, relu_linear_attention, softmax_attention, split_heads
+from ...layers.linear_attention import merge_heads, relu_linear_attention, softmax_attention, split_heads
 
 NORM_EPS = 1e-6
 

@@ -18,9 +18,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..layers.embeddings import TimestepEmbedding, timestep_embedding
-from ..layers.resnet import Downsample, ResnetBlock, Upsample
-from ..validation import require_tensor
+from ...layers.embeddings import TimestepEmbedding, timestep_embedding
+from ...layers.resnet import Downsample, ResnetBlock, Upsample
+from ...validation import require_tensor
 from .config import UNetConfig
 from .spatial import SpatialTransformer
 

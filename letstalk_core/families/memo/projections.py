@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..validation import require_tensor
+from ...validation import require_tensor
 
 EMOTION_FEATURES = 1024  # emotion2vec_plus_large's width, hard-coded in the reference
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..layers.embeddings import sinusoidal_positions
-from ..layers.feedforward import FeedForward
-from ..memory.linear_state import LinearAttentionMemory, attend, past_contribution
+from ...layers.embeddings import sinusoidal_positions
+from ...layers.feedforward import FeedForward
+from ...memory.linear_state import LinearAttentionMemory, attend, past_contribution
 
 TEMPORAL_GROUPS = 32  # hard-coded in the reference's TemporalLinearAttnTransformer
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..layers.attention import Attention, JointAttention
-from ..layers.feedforward import FeedForward
+from ...layers.attention import Attention, JointAttention
+from ...layers.feedforward import FeedForward
 
 EMOTION_CLASSES = 9
 NULL_EMOTION = EMOTION_CLASSES  # the unconditional class

@@ -25,8 +25,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..audio.projector import AudioProjector, AudioProjectorConfig
-from ..validation import check_state_dict
+from ...audio.projector import AudioProjector, AudioProjectorConfig
+from ...formats import is_letstalk_checkpoint, looks_like_memo_folder  # noqa: F401  (re-exported)
+from ...validation import check_state_dict
 from .config import UNetConfig, parse_unet_config
 from .projections import EMOTION_FEATURES, EmotionClassifier, ImageProj
 
@@ -179,28 +180,14 @@ def _check_class(name: str, raw: dict, source: Path) -> None:
                          f"{DOWNLOAD_HINT}")
 
 
-def looks_like_memo_folder(path) -> bool:
-    """True for a folder with MEMO's ``diffusion_net/`` and ``reference_net/`` configs."""
-    p = Path(path)
-    return p.is_dir() and (p / "diffusion_net" / "config.json").is_file() and (p / "reference_net").is_dir()
-
-
 def _refuse_not_a_folder(p: Path) -> None:
     if not p.exists():
         raise FileNotFoundError(f"MEMO folder not found: '{p}'. {DOWNLOAD_HINT}")
     if p.is_file():
         kind = "a file"
-        if p.suffix == ".safetensors":
-            try:
-                from safetensors import safe_open
-                with safe_open(str(p), framework="pt") as f:
-                    meta = f.metadata() or {}
-                from ..checkpoint import CONFIG_KEY
-                if CONFIG_KEY in meta:
-                    kind = "a LetsTalk checkpoint (load it with the LetsTalk model loader, or `letstalk generate "\
-                           "--checkpoint` as it is)"
-            except Exception:
-                pass
+        if is_letstalk_checkpoint(p):
+            kind = "a LetsTalk checkpoint (load it with the LetsTalk model loader, or `letstalk generate "\
+                   "--checkpoint` as it is)"
         raise ValueError(f"'{p}' is {kind}, not a MEMO model folder. A MEMO model is the folder with "
                          f"reference_net/, diffusion_net/, image_proj/, audio_proj/ and misc/. {DOWNLOAD_HINT}")
 
@@ -240,7 +227,7 @@ class MemoFolder:
                              f"or corrupt. Download it again. {DOWNLOAD_HINT}") from None
         absent = [k for k in module.state_dict() if k not in state]
         if absent:  # only the optional position tables can be absent (checked when the folder was opened)
-            from ..layers.embeddings import sinusoidal_positions
+            from ...layers.embeddings import sinusoidal_positions
             meta = module.state_dict()
             for k in absent:
                 _, length, dim = meta[k].shape

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..layers.embeddings import timestep_embedding
+from ...layers.embeddings import timestep_embedding
 
 
 def sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:

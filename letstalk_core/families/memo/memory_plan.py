@@ -136,12 +136,12 @@ def _count(module: torch.nn.Module) -> int:
 def plan_memo(folder, *, size: int = 512, dtype: torch.dtype = torch.bfloat16, device: str = "cuda",
               options: MemoOptions | None = None, frames: int = 16, past: int = 16, decode_chunk: int = 8,
               vae_config=None, speech_config=None) -> MemoryPlan:
-    """The plan of one MEMO run (``folder`` a checked :class:`~letstalk_core.unet.loading.MemoFolder`)
+    """The plan of one MEMO run (``folder`` a checked :class:`~letstalk_core.families.memo.loading.MemoFolder`)
     at ``size``² in ``dtype`` on a ``device`` of type ``cuda`` or ``cpu``."""
-    from ..audio.wav2vec2 import Wav2Vec2Config, Wav2Vec2Encoder
-    from ..autoencoder.sd_vae import SDVAE, SDVAEConfig
-    from ..memory.linear_state import LinearAttentionMemory
-    from ..memory_trace import meta_module, meta_trace, parameter_bytes
+    from ...audio.wav2vec2 import Wav2Vec2Config, Wav2Vec2Encoder
+    from ...autoencoder.sd_vae import SDVAE, SDVAEConfig
+    from ...memory.linear_state import LinearAttentionMemory
+    from ...memory_trace import meta_module, meta_trace, parameter_bytes
     from .conditions import initial_past_features, past_features, reference_features, reference_tokens
     from .sampling import guided_conditions, guided_velocity
 
@@ -269,7 +269,7 @@ class ConfigFolder:
         import json
         from pathlib import Path
 
-        from ..audio.projector import AudioProjector, AudioProjectorConfig
+        from ...audio.projector import AudioProjector, AudioProjectorConfig
         from .config import parse_unet_config
         from .diffusion_net import DiffusionNet
         from .projections import EmotionClassifier, ImageProj

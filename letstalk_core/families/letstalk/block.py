@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..config import DiTConfig
+from .config import DiTConfig
 from .modules import (
     AUDIO_MODULES,
     NORM_EPS,

@@ -1,4 +1,4 @@
-"""MEMO in the shared long-video loop (:func:`letstalk_core.pipeline.run_clips`; code
+"""MEMO in the shared long-video loop (:func:`letstalk_core.loop.run_clips`; code
 ``memo/inference.py`` and ``memo/pipelines/video_pipeline.py``; reference/letstalk_memo.md §2.6).
 
 The recipe as the reference runs it: 512² portraits, clips of 16 frames, 20 Euler steps of rectified
@@ -23,14 +23,20 @@ from typing import Callable, Iterator
 
 import torch
 
-from ..audio.waveform import frame_count, prepare_waveform
-from ..audio.windows import frame_windows_range
-from ..diffusion.samplers import sample_euler
-from ..memory.linear_state import LinearAttentionMemory
-from ..pipeline import (ClipPlan, GenerationSettings, GenerationState, StepInfo, clip_seed, plan_clips,
-                        prepare_portrait_image, run_clips)
-from .conditions import (AUDIO_MARGIN, initial_past_features, memo_speech_features, past_features,
-                         reference_features, reference_tokens)
+from ...audio.waveform import frame_count, prepare_waveform
+from ...audio.windows import frame_windows_range
+from ...diffusion.samplers import sample_euler
+from ...io.image import prepare_portrait_image
+from ...loop import ClipPlan, GenerationSettings, GenerationState, StepInfo, clip_seed, plan_clips, run_clips
+from ...memory.linear_state import LinearAttentionMemory
+from .conditions import (
+    AUDIO_MARGIN,
+    initial_past_features,
+    memo_speech_features,
+    past_features,
+    reference_features,
+    reference_tokens,
+)
 from .memory_plan import MemoOptions
 from .sampling import MEMO_CFG, MEMO_STEPS, guided_conditions, guided_velocity, memo_schedule
 
@@ -70,7 +76,7 @@ class MemoRecipe:
 
 @dataclass
 class MemoPrepared:
-    """A video's conditions, computed once (see :mod:`letstalk_core.unet.conditions`)."""
+    """A video's conditions, computed once (see :mod:`letstalk_core.families.memo.conditions`)."""
 
     reference_latent: torch.Tensor  # [1, 4, h, w]
     face_tokens: torch.Tensor  # [1, n, c]
@@ -98,8 +104,8 @@ class MemoMemoryState:
 
 
 class MemoGenerator:
-    """MEMO as a family of :func:`~letstalk_core.pipeline.run_clips`: ``models`` a
-    :class:`~letstalk_core.unet.loading.MemoModels`, ``vae`` an :class:`~letstalk_core.autoencoder.sd_vae.SDVAE`,
+    """MEMO as a family of :func:`~letstalk_core.loop.run_clips`: ``models`` a
+    :class:`~letstalk_core.families.memo.loading.MemoModels`, ``vae`` an :class:`~letstalk_core.autoencoder.sd_vae.SDVAE`,
     ``speech_encoder`` a wav2vec2 :class:`~letstalk_core.audio.wav2vec2.Wav2Vec2Encoder`."""
 
     replays_memory = True  # its state (GiBs at 512²) is rebuilt on resume from the finished clips' latents
@@ -205,7 +211,7 @@ class MemoGenerator:
     def sample_clip(self, prepared: MemoPrepared, clip: ClipPlan, memory: LinearAttentionMemory,
                     settings: GenerationSettings, on_step: Callable[[StepInfo], None] | None = None) -> torch.Tensor:
         """One clip's clean latents ``[1, 4, F, h, w]`` (float32)."""
-        from ..audio.emotion import clip_emotion
+        from ...audio.emotion import clip_emotion
 
         f = clip.clip_frames
         h, w = prepared.reference_latent.shape[-2:]
@@ -263,7 +269,7 @@ class MemoGenerator:
 
     def iter_clips(self, prepared: MemoPrepared, settings: GenerationSettings, *, state: GenerationState | None = None,
                    on_step: Callable[[StepInfo], None] | None = None, replay=None):
-        """The loop (:func:`~letstalk_core.pipeline.run_clips`); ``replay``: the finished clips' latents, to
+        """The loop (:func:`~letstalk_core.loop.run_clips`); ``replay``: the finished clips' latents, to
         resume ``state`` (MEMO's memory is rebuilt from them, not saved)."""
         return run_clips(self, prepared, settings, state=state, on_step=on_step, replay=replay)
 
@@ -299,9 +305,9 @@ def load_memo_generator(folder, *, vae, speech_encoder, device="auto", dtype="au
     loaded :class:`~letstalk_core.autoencoder.sd_vae.SDVAE`) and wav2vec2-base-960h (a file or folder, or
     a loaded encoder). ``fps``: the video's frame rate (MEMO's 30 by default); ``size``: the square frame
     side (MEMO's 512; a multiple of 8)."""
-    from ..audio.wav2vec2 import Wav2Vec2Encoder, load_wav2vec2
-    from ..autoencoder.sd_vae import SDVAE, load_sd_vae
-    from ..loading import pick_device, pick_dtype
+    from ...audio.wav2vec2 import Wav2Vec2Encoder, load_wav2vec2
+    from ...autoencoder.sd_vae import SDVAE, load_sd_vae
+    from ...devices import pick_device, pick_dtype
     from .loading import load_memo
 
     dev = pick_device(device) if isinstance(device, str) else torch.device(device)
@@ -329,7 +335,7 @@ def portrait_face_embedding(image: torch.Tensor, face_models, *, allow_missing: 
     """MEMO's face embedding of a portrait ``[3, H, W]`` in [-1, 1] at its own resolution, with the
     MEMO folder's SCRFD + ArcFace (``face_models``: the folder, or a loaded
     :class:`~letstalk_core.face.analysis.FaceAnalyzer`)."""
-    from ..face.analysis import FaceAnalyzer, face_embedding
+    from ...face.analysis import FaceAnalyzer, face_embedding
 
     analyzer = face_models if isinstance(face_models, FaceAnalyzer) else FaceAnalyzer.from_folder(face_models)
     rgb = ((image.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
@@ -339,8 +345,8 @@ def portrait_face_embedding(image: torch.Tensor, face_models, *, allow_missing: 
 def emotion_source(choice, emotion2vec_path, generator: MemoGenerator):
     """The ``emotions`` argument of :meth:`MemoGenerator.prepare` for a user's choice: a fixed class, or
     (``auto``) MEMO's label track from emotion2vec_plus_large and the folder's emotion classifier."""
-    from ..audio.emotion import emotion_choice, emotion_labels
-    from ..audio.emotion2vec import load_emotion2vec
+    from ...audio.emotion import emotion_choice, emotion_labels
+    from ...audio.emotion2vec import load_emotion2vec
 
     fixed = emotion_choice(choice, emotion2vec_path)
     if fixed is not None:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..audio.projector import AudioProjector
-from ..config import DiTConfig, LetsTalkConfig
+from ...audio.projector import AudioProjector
 from .block import BlockState, LetsTalkBlock
+from .config import DiTConfig, LetsTalkConfig
 from .embeddings import PatchEmbed, TimestepEmbedder, sincos_1d, sincos_2d
 from .fusion import PortraitContext, SiameseBranch
 from .modules import NORM_EPS, modulate, zero_init

@@ -20,8 +20,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..audio.wav2vec2 import Wav2Vec2Encoder
-from ..audio.waveform import TARGET_SAMPLE_RATE, normalize_waveform
+from ...audio.wav2vec2 import Wav2Vec2Encoder
+from ...audio.waveform import TARGET_SAMPLE_RATE, normalize_waveform
 from .reference_net import ReferenceNet
 
 AUDIO_MARGIN = 2  # ±2 frames of wav2vec2 features per video frame (5-frame windows)

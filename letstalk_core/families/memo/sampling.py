@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..diffusion.schedule import DiffusionConfig, Schedule, make_schedule
-from ..memory.linear_state import LinearAttentionMemory
+from ...diffusion.schedule import DiffusionConfig, Schedule, make_schedule
+from ...memory.linear_state import LinearAttentionMemory
 from .audio_module import NULL_EMOTION
 from .diffusion_net import DiffusionNet
 
@@ -45,7 +45,7 @@ def guided_conditions(*, reference_tokens: dict[str, torch.Tensor], face_tokens:
     """Stack a clip's conditions with MEMO's unconditional branch.
 
     ``reference_tokens`` already hold both branches (the Reference Net runs on both, see
-    :func:`letstalk_core.unet.diffusion_net.split_reference_features`); ``face_tokens`` and
+    :func:`letstalk_core.families.memo.diffusion_net.split_reference_features`); ``face_tokens`` and
     ``uncond_face_tokens`` are ImageProj of the face embedding and of zeros (``[1, n, c]``);
     ``audio_tokens`` the projected audio of the clip (``[1, F, m, a]``); ``emotion`` the clip's class.
     """

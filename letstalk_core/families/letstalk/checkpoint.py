@@ -14,10 +14,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ...formats import LETSTALK_CONFIG_KEY, looks_like_memo_folder
+from ...validation import check_state_dict, require_file
 from .config import LetsTalkConfig
-from .validation import check_state_dict, require_file
 
-CONFIG_KEY = "letstalk_config"
+CONFIG_KEY = LETSTALK_CONFIG_KEY
 FORMAT_KEY = "letstalk_format"
 FORMAT = "letstalk-checkpoint-v1"
 INFERENCE_KEY = "letstalk_inference"  # the sampling recipe the model is meant to be run with (JSON)
@@ -82,10 +83,9 @@ def read_checkpoint(path) -> tuple[LetsTalkConfig, dict[str, dict[str, torch.Ten
     from safetensors import SafetensorError, safe_open
 
     if path is not None and Path(path).is_dir():
-        from .unet.loading import looks_like_memo_folder
         if looks_like_memo_folder(path):
             raise ValueError(f"'{path}' is a MEMO model folder, not a LetsTalk checkpoint (a single .safetensors "
-                             "file). Load it with the MEMO loader (letstalk_core.unet.loading.load_memo).")
+                             "file). Load it with the MEMO loader (the MEMO Loader node, or `letstalk generate --checkpoint` as it is).")
     p = require_file(path, "LetsTalk checkpoint")
     if p.suffix not in {".safetensors", ".sft"}:
         raise ValueError(f"'{p.name}' is not a .safetensors file; LetsTalk checkpoints are .safetensors files.")
@@ -117,7 +117,7 @@ def read_checkpoint(path) -> tuple[LetsTalkConfig, dict[str, dict[str, torch.Ten
 
 def load_transformer(config: LetsTalkConfig, state: dict[str, torch.Tensor], *, device="cpu", dtype=torch.float32):
     """Build the transformer for ``config`` and load ``state`` after checking every tensor."""
-    from .dit.transformer import LetsTalkTransformer
+    from .transformer import LetsTalkTransformer
 
     with torch.device("meta"):
         model = LetsTalkTransformer(config)

@@ -192,7 +192,7 @@ def make_detector(spec: str) -> FaceDetector:
         return OnnxDetector(spec[5:])
     for prefix in ("scrfd:", "memo:"):
         if spec.startswith(prefix) and len(spec) > len(prefix):
-            from ..face.analysis import ScrfdDetector
+            from .analysis import ScrfdDetector
 
             path = spec[len(prefix):]
             return ScrfdDetector(path) if prefix == "scrfd:" else ScrfdDetector.from_folder(path)

@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..layers.attention import Attention
-from ..layers.feedforward import FeedForward
+from ...layers.attention import Attention
+from ...layers.feedforward import FeedForward
 
 
 def tile_context(context: torch.Tensor, batch: int) -> torch.Tensor:

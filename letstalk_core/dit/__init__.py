@@ -1,1 +1,0 @@
-"""The linear diffusion transformer: attention kernels, modules, fusion schemes, blocks, model."""
