@@ -208,10 +208,11 @@ class VideoWriter:
         stream.codec_context.time_base = 1 / self.fps
         if _encoder_available(self.codec) == "libx264":
             stream.codec_context.options = {"crf": str(self.crf)}
-            # x264's frame threads give the same bytes for the same frames on every run; PyAV's default, sliced
-            # threads, do not (measured: 700×820 frames encoded 3 times gave 2-3 different videos, 0.4 apart in
-            # pixels), and a resumed run must equal an uninterrupted one frame for frame. Frame threads were
-            # also the fastest here (0.60 s against 0.70 s sliced and 0.98 s single-threaded for 128 frames).
+            # A resumed run must equal an uninterrupted one frame for frame, so the same frames must give the same
+            # bytes. PyAV's defaults do not: sliced x264 threads fed RGB frames that PyAV converts inside encode()
+            # gave 3-4 different files in 5-6 encodes of the same 700×820 frames, 0.4 apart in pixels. Frames
+            # converted to YUV before encode() (see write) and x264's frame threads gave one file in every trial,
+            # and frame threads were the fastest (128 frames at 700×820: 0.60 s, 0.70 s sliced, 0.98 s one thread).
             stream.codec_context.thread_type = "FRAME"
         else:
             stream.bit_rate = max(200_000, int(0.2 * width * height * float(self.fps)))
@@ -239,6 +240,7 @@ class VideoWriter:
             )
         for image in pixels:
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+            frame = frame.reformat(format=self.pix_fmt, threads=1)  # here, single-threaded: deterministic
             frame.pts = self.frames_written
             self._encode(frame)
             self.frames_written += 1
