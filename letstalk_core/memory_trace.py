@@ -112,10 +112,23 @@ class LiveBytes(TorchDispatchMode):
 
 @contextmanager
 def meta_trace():
-    """``with meta_trace() as live:`` run model code on meta tensors; ``live.stages`` / ``live.peak``."""
+    """``with meta_trace() as live:`` run model code on meta tensors; ``live.stages`` / ``live.peak``.
+
+    The stages' garbage collections (tensors freed in reference cycles must be counted as freed) look only
+    at what the trace creates: everything alive before it is frozen out of the collector (``gc.freeze``), so a
+    plan costs the same in a host holding millions of objects (ComfyUI) as in a bare process."""
+    import gc
+
+    freeze = gc.get_freeze_count() == 0  # never undo a host's own freeze
+    if freeze:
+        gc.freeze()
     tracker = LiveBytes()
-    with torch.no_grad(), FusedAttention(), tracker:
-        yield tracker
+    try:
+        with torch.no_grad(), FusedAttention(), tracker:
+            yield tracker
+    finally:
+        if freeze:
+            gc.unfreeze()
 
 
 def meta_module(build, dtype: torch.dtype) -> torch.nn.Module:

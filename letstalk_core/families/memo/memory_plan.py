@@ -305,10 +305,10 @@ def choose_options(folder, *, tier: str = "auto", state_dtype: str = "auto", fre
     names = list(TIERS) if tier == "auto" else [tier]
     if tier != "auto" and tier not in TIERS:
         raise ValueError(f"unknown memory tier {tier!r}; use auto or one of {', '.join(TIERS)}.")
-    plans = {n: plan_memo(folder, options=replace(TIERS[n], state_dtype=state_dtype), device=device.type, **kw)
-             for n in names}
-    for n, plan in plans.items():
-        if plan.fits(free):
-            return n, plan.options, plan
+    plans = {}
+    for n in names:  # fastest first: a tier that fits ends the search (each plan traces the networks)
+        plans[n] = plan_memo(folder, options=replace(TIERS[n], state_dtype=state_dtype), device=device.type, **kw)
+        if plans[n].fits(free):
+            return n, plans[n].options, plans[n]
     name, plan = min(plans.items(), key=lambda item: item[1].peak)
     raise ValueError(refusal(plan, free, name))
