@@ -99,6 +99,9 @@ def _add_generate(sub) -> None:
                                         "again after an interruption resumes with an identical result. Removed when "
                                         "the video is complete, unless --keep-resume-dir")
     p.add_argument("--keep-resume-dir", action="store_true", help="keep the --resume-dir clips after a complete run")
+    p.add_argument("--keep-partial", action="store_true",
+                   help="when a run stops (disk full, interrupted), keep the video made so far, playable, as "
+                        "<name>.partial.mp4 (default: remove it; the finished clips stay in --resume-dir)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--dtype", default="auto", help="auto (bf16 where the device runs it in hardware: CUDA compute "
                    "capability 8.0+, CPUs with AMX or AVX512-BF16; fp32 elsewhere), fp32, bf16, fp16")
@@ -117,15 +120,16 @@ def cmd_generate(a) -> int:
     from .family import MEMO, family_of, load_generator
     from .io.audio_file import read_audio
     from .io.image import load_image
-    from .loop import GenerationSettings, open_video, recommended_overlap
+    from .io.space import abandon_video, estimate_video_bytes, require_space, write_failed
+    from .loop import GenerationSettings, open_video, recommended_overlap, resume_bytes_per_clip
     from .resume import ClipStore
-    from .validation import require_file, require_writable_file
+    from .validation import require_file, require_video_out
 
     checkpoint = checkpoint_path(a.checkpoint)
     if not checkpoint.is_dir():
         require_file(checkpoint, "checkpoint")
     memo = family_of(checkpoint) == MEMO
-    out = require_writable_file(a.out, "output video", "Choose another --out.")
+    out = require_video_out(a.out)
     store = ClipStore(a.resume_dir) if a.resume_dir else None  # checks that the folder is writable
     image = load_image(a.image)
     audio = read_audio(a.audio)
@@ -173,6 +177,8 @@ def cmd_generate(a) -> int:
         prepared = gen.prepare(image, waveform, rate, size_mode=a.size_mode)
     fp = gen.fingerprint(prepared, settings)
     state = store.load_state(fp) if store else None
+    for warning in store.warnings if store else []:
+        print(f"letstalk: warning: {warning}", file=sys.stderr)
     done = state.next_clip if state else 0
     n_clips = len(gen.plan(prepared, settings))
     source = "" if a.steps is not None and a.sampler is not None else f" ({recipe.source})"
@@ -191,24 +197,64 @@ def cmd_generate(a) -> int:
         bar.set_description(f"clip {info.clip + 1}/{info.clips} (memory {info.memory_frames} frames)")
         bar.update(1)
 
+    h, w = gen.frame_size(prepared)
+    channels = int(waveform.shape[0]) if waveform.ndim > 1 else 1
+    need_video = estimate_video_bytes(prepared.num_frames, w, h, audio_seconds=prepared.audio_seconds,
+                                      audio_channels=channels, crf=a.crf)
+    per_clip = resume_bytes_per_clip(gen, prepared, settings) if store else 0
+    need_store = per_clip * (n_clips - done)
+    same_disk = store is not None and _same_disk(out.parent, store.folder)
+    require_space(out.parent, need_video + (need_store if same_disk else 0),
+                  "video" + (" and its resume clips" if same_disk else ""),
+                  "Free some space or choose another --out" + (" / --resume-dir." if store else "."))
+    if store and not same_disk:
+        require_space(store.folder, need_store, "resume clips", "Free some space or choose another --resume-dir.")
+    kept = (f"The {done} clips finished before are kept in '{store.folder}'; the run continues from there."
+            if store else "Use --resume-dir to keep finished clips when a run stops.")
+    writer = None
     try:
-        with run_threads(state.threads if state else None), \
-                open_video(out, gen.config.video.fps, waveform, rate, settings.overlap, crf=a.crf,
-                           metadata={"comment": f"LetsTalk {checkpoint.name} seed={a.seed}"}) as writer:
+        with run_threads(state.threads if state else None):
+            writer = open_video(out, gen.config.video.fps, waveform, rate, settings.overlap, crf=a.crf,
+                                metadata={"comment": f"LetsTalk {checkpoint.name} seed={a.seed}"})
+            written = 0
             if store:
                 for frames in store.stored_clips(done):
-                    writer.write(frames)
+                    written += _write(writer, frames, out, need_video)
             clips = gen.iter_clips(prepared, settings, state=state, on_step=on_step,
                                    replay=store.replay(state) if store else None)
             for clip, latents, new_state in clips:
                 frames = torch.cat(list(gen.decode_clip(latents, clip, settings.decode_chunk)))
-                writer.write(frames)
+                written += _write(writer, frames, out, need_video, clip.start + clip.emitted, prepared.num_frames)
                 if store:
-                    store.save(clip.index, frames, new_state, latents)  # written in the background
-    finally:
+                    try:
+                        store.save(clip.index, frames, new_state, latents)  # written in the background
+                    except OSError as e:  # the previous clip's write failed
+                        raise write_failed(e, store.folder, remaining=per_clip * (n_clips - clip.index),
+                                           kept=f"Clips finished before are kept in '{store.folder}'.") from e
+                    kept = (f"The {clip.index + 1} finished clips are kept in '{store.folder}'; the run continues "
+                            "from there.")
+            if store:
+                store.flush()
+            writer.close()
+    except BaseException as e:
         bar.close()
-        if store:
-            store.close()  # an interrupted run keeps every clip it finished
+        try:
+            if store:
+                store.close()  # an interrupted run keeps every clip it finished
+        except OSError as store_error:
+            print(f"letstalk: warning: the last clip could not be kept: {store_error}", file=sys.stderr)
+        partial = abandon_video(writer, out, keep_partial=a.keep_partial) if writer is not None else None
+        note = f" The part made so far is kept, playable, as '{partial}'." if partial else ""
+        if isinstance(e, OSError) and not isinstance(e, KeyboardInterrupt):
+            where = getattr(e, "filename", None) or out
+            raise write_failed(e, where, remaining=max(0, need_video - _size(out)) + need_store,
+                               kept=kept + note) from e
+        if note:
+            print(f"letstalk:{note}", file=sys.stderr)
+        raise
+    bar.close()
+    if store:
+        store.close()
     dt = time.perf_counter() - t0
     print(f"letstalk: wrote {out} ({prepared.num_frames} frames, {prepared.audio_seconds:.2f} s with sound) "
           f"in {dt:.1f} s ({dt / prepared.num_frames:.3f} s/frame)", file=sys.stderr)
@@ -221,6 +267,45 @@ def cmd_generate(a) -> int:
               file=sys.stderr)
     print(out.resolve())
     return 0
+
+
+def _same_disk(a: Path, b: Path) -> bool:
+    import os
+
+    def device(p: Path) -> int:
+        p = p.expanduser().absolute()
+        while not p.exists():
+            p = p.parent
+        return os.stat(p).st_dev
+
+    return device(a) == device(b)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _write(writer, frames, out: Path, need_video: int, done: int | None = None, total: int | None = None) -> int:
+    """Write one clip's frames; a failed write names the file. After each clip the rest of the video is projected
+    from what the clips so far took, and a run that will not fit stops now, not at the end."""
+    from .io.space import format_bytes, free_bytes, write_failed
+
+    try:
+        writer.write(frames)
+    except OSError as e:
+        raise write_failed(e, out, remaining=max(0, need_video - _size(out))) from e
+    if done and total and done < total:
+        size = _size(out)
+        rest = size / done * (total - done)
+        free = free_bytes(out.parent)
+        if rest > free and size > 0:
+            raise OSError(28, f"the video so far takes {format_bytes(size)} for {done} frames, so the other "
+                              f"{total - done} need about {format_bytes(rest)}, more than the {format_bytes(free)} free; "
+                              "stopping now rather than at the end", str(out))
+    return int(frames.shape[0])
 
 
 def cmd_info(a) -> int:

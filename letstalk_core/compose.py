@@ -143,9 +143,15 @@ def paste_back_video(source, destination, image: torch.Tensor, box: FaceBox, *, 
     from .io.audio_file import load_audio
     from .io.video import VideoWriter, iter_video_chunks, probe_video
 
+    from .io.space import estimate_video_bytes, require_space, write_failed
+
     info = probe_video(source, decode=False)  # the frames are decoded once, below
     audio = load_audio(source) if info.has_audio else (None, None)
     out = Path(destination)
+    need = estimate_video_bytes(info.frame_count, box.width, box.height, audio_seconds=info.audio_seconds or 0.0,
+                                audio_channels=info.audio_channels or 1)
+    require_space(out.parent, need, "pasted-back video", "Free some space on that disk (for ComfyUI: its temp "
+                  "folder's disk, or start it with --temp-directory on a larger one).")
     written = 0
     try:
         with VideoWriter(out, info.fps, audio=audio[0], audio_rate=audio[1],
@@ -157,6 +163,10 @@ def paste_back_video(source, destination, image: torch.Tensor, box: FaceBox, *, 
                 for frames in iter_paste_back(faces, image, box, feather=feather, chunk=chunk):
                     writer.write(frames)
                     written += frames.shape[0]
+    except OSError as e:
+        out.unlink(missing_ok=True)
+        raise write_failed(e, out, remaining=max(0, need * (info.frame_count - written) // max(1, info.frame_count)),
+                           kept="The generated face video it reads is unchanged: paste back again.") from e
     except BaseException:
         out.unlink(missing_ok=True)
         raise

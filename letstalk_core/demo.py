@@ -51,7 +51,8 @@ def demo_model_path() -> Path:
 
 def add_demo_command(sub) -> None:
     p = sub.add_parser("demo", help="make a talking video from the demo model, a demo portrait and demo speech")
-    p.add_argument("--out", default="outputs/demo", help="folder for the portrait, the speech and the video")
+    p.add_argument("--out", default="outputs/demo/demo.mp4",
+                   help="the video file (as in every command); the demo portrait and speech go beside it, as <name>_input.*")
     p.add_argument("--seconds", type=float, default=60.0, help="length of the demo speech")
     p.add_argument("--seed", type=int, default=DEMO_SEED, help="demo person and speech (procedural)")
     p.add_argument("--checkpoint", default=None, help="another model instead of the shipped demo model")
@@ -84,15 +85,15 @@ def run_demo_command(a) -> int:
     from .io.image import load_image
     from .loop import GenerationSettings, plan_clips, recommended_overlap
     from .runtime import CoreShare
-    from .validation import require_writable_file, require_writable_folder
+    from .validation import require_video_out
 
-    out = require_writable_folder(a.out, "demo output folder", "Choose another --out.")
-    video = require_writable_file(out / "demo.mp4", "demo video", "Choose another --out.")
+    video = require_video_out(a.out, "demo video")
+    out = video.parent
     ckpt = Path(a.checkpoint) if a.checkpoint else demo_model_path()
     gen = load_generator(ckpt, device="auto", dtype="auto")
     cfg = gen.config
     print(f"demo inputs: procedural person and speech, seed {a.seed}, {a.seconds:g} s")
-    truth_json = make_sample(a.seed, a.seconds, out, size=cfg.video.height, fps=cfg.video.fps, stem="demo_input")
+    truth_json = make_sample(a.seed, a.seconds, out, size=cfg.video.height, fps=cfg.video.fps, stem=f"{video.stem}_input")
     truth = load_truth(truth_json)
     image = load_image(truth.portrait_path)
     wave, rate = load_audio(truth.audio)

@@ -249,6 +249,7 @@ class ClipFamily(Protocol):
     device: torch.device
 
     def plan(self, prepared, settings: GenerationSettings) -> list[ClipPlan]: ...
+    def frame_size(self, prepared) -> tuple[int, int]: ...
     def fingerprint(self, prepared, settings: GenerationSettings) -> str: ...
     def start_memory(self, prepared, settings: GenerationSettings): ...
     def clip_memory(self, prepared, memory, settings: GenerationSettings): ...
@@ -308,6 +309,16 @@ def run_clips(family: ClipFamily, prepared, settings: GenerationSettings, *, sta
             memory = family.remember(prepared, memory, out, clip, settings)
         kept = None if replays else family.memory_to_state(memory)
         yield clip, out, GenerationState(clip.index + 1, kept, fp, None if tail is None else tail.detach().cpu(), threads)
+
+
+def resume_bytes_per_clip(family: ClipFamily, prepared, settings: GenerationSettings) -> int:
+    """What a resume folder keeps per clip: its frames as uint8, and for a family that replays its memory (MEMO)
+    the clip's latents (float32, 4 channels at an 8× smaller side: a quarter of a frame's pixels in bytes); the
+    small state file is rewritten in place."""
+    h, w = family.frame_size(prepared)
+    frames = max(c.emitted for c in family.plan(prepared, settings))
+    latents = frames * h * w // 4 if getattr(family, "replays_memory", False) else 0
+    return frames * h * w * 3 + 128 + latents
 
 
 def open_video(path, fps, waveform, sample_rate: int, overlap: int, *, metadata: dict[str, str] | None = None,

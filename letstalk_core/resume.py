@@ -25,6 +25,32 @@ from .loop import GenerationState
 from .validation import require_writable_folder
 
 STATE_FILE = "state.safetensors"
+LOCK_FILE = ".lock"
+
+
+def _lock_folder(folder: Path):
+    """Hold an exclusive lock on ``folder`` for this run (POSIX ``flock``; released on close or when the process
+    dies). A second run on the same folder is refused: both would write the same clip files."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; a second run is the user's to avoid
+        return None
+    handle = open(folder / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        owner = handle.read().strip() or "another process"
+        handle.close()
+        raise ValueError(f"another run is writing the resume folder '{folder}' ({owner}); wait for it to finish, "
+                         "or give this run another folder.") from None
+    import os
+
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}")
+    handle.flush()
+    return handle
 
 
 class ClipStore:
@@ -35,6 +61,8 @@ class ClipStore:
                                               "Choose another folder for the finished clips (--resume-dir).")
         self._executor: ThreadPoolExecutor | None = None
         self._pending: Future | None = None
+        self.warnings: list[str] = []  # what load_state set aside (a broken folder), for the caller to show
+        self._lock = _lock_folder(self.folder)
 
     def clip_path(self, index: int) -> Path:
         return self.folder / f"clip_{index:05d}.npy"
@@ -115,6 +143,9 @@ class ClipStore:
             if self._executor is not None:
                 self._executor.shutdown(wait=True)
                 self._executor = None
+            if self._lock is not None:
+                self._lock.close()  # releases the lock (a killed process's lock goes with it)
+                self._lock = None
 
     def __enter__(self) -> "ClipStore":
         return self
@@ -130,7 +161,7 @@ class ClipStore:
         for f in [*self.folder.glob("clip_[0-9][0-9][0-9][0-9][0-9].npy"), *self.folder.glob("clip_*.tmp.npy"),
                   *self.folder.glob("clip_[0-9][0-9][0-9][0-9][0-9].latents.safetensors"),
                   *self.folder.glob("clip_[0-9][0-9][0-9][0-9][0-9].latents.tmp"),
-                  self.folder / STATE_FILE, self.folder / (STATE_FILE + ".tmp")]:
+                  self.folder / STATE_FILE, self.folder / (STATE_FILE + ".tmp"), self.folder / LOCK_FILE]:
             if f.is_file():
                 freed += f.stat().st_size
                 f.unlink()
@@ -145,15 +176,44 @@ class ClipStore:
         path = self.folder / STATE_FILE
         if not path.exists():
             return None
-        state = GenerationState.load(path)
-        if state.fingerprint != fingerprint:
-            raise ValueError(f"'{self.folder}' holds an interrupted run of different inputs or settings; "
-                             "use another resume folder or delete this one.")
-        missing = [i for i in range(state.next_clip) if not self.clip_path(i).exists()
-                   or (state.replay and not self.latents_path(i).exists())]
-        if missing:
-            raise ValueError(f"'{self.folder}' is missing clip files {missing[:5]}; delete the folder to start over.")
+        try:
+            state = GenerationState.load(path)
+        except Exception as e:  # noqa: BLE001 - truncated or not a state file: this run's own data, start afresh
+            self._set_aside(f"its state file is unreadable ({type(e).__name__}: {str(e)[:120]})")
+            return None
+        if state.fingerprint != fingerprint:  # starting afresh would overwrite another run's clips: refuse
+            raise ValueError(f"'{self.folder}' holds an interrupted run of different inputs, settings or model, "
+                             f"stopped after clip {state.next_clip}; resuming it here would give a wrong video and "
+                             "starting afresh would overwrite it. Use another resume folder, run that run's exact "
+                             "command to finish it, or delete this folder.")
+        broken = [i for i in range(state.next_clip) if not self._clip_ok(i, state.replay)]
+        if broken:
+            self._set_aside(f"clip file{'s' if len(broken) > 1 else ''} {broken[:5]} "
+                            f"{'are' if len(broken) > 1 else 'is'} missing or truncated")
+            return None
         return state
+
+    def _clip_ok(self, index: int, replay: bool) -> bool:
+        """The clip's frames (and, for a replayed memory, its latents) are there and whole."""
+        try:
+            frames = np.load(self.clip_path(index), mmap_mode="r")
+            if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+                return False
+            if replay:
+                from safetensors import safe_open
+
+                with safe_open(str(self.latents_path(index)), framework="pt") as f:
+                    f.get_slice("latents")
+            return True
+        except Exception:  # noqa: BLE001 - any reading fault means the clip cannot be used
+            return False
+
+    def _set_aside(self, why: str) -> None:
+        """A broken resume folder of this run: warn and start afresh (its files are rewritten clip by clip)."""
+        for f in self.folder.glob("clip_*"):
+            f.unlink(missing_ok=True)
+        (self.folder / STATE_FILE).unlink(missing_ok=True)
+        self.warnings.append(f"the resume folder '{self.folder}' could not be used ({why}); starting afresh.")
 
     def replay(self, state: GenerationState | None) -> Iterator[torch.Tensor] | None:
         """What the loop needs to resume ``state``: the finished clips' latents when it keeps no memory."""

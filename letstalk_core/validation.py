@@ -122,6 +122,35 @@ def require_writable_file(path, what: str, hint: str = "Choose another output pa
     return p
 
 
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".m4v")
+FILE_LIKE_SUFFIXES = VIDEO_SUFFIXES + (".safetensors", ".json", ".wav", ".flac", ".png", ".jpg")
+
+
+def require_video_out(path, what: str = "output video") -> Path:
+    """``--out`` of a command that makes a video: always the video file (``generate``, ``demo``, ...). A folder, or a
+    name without a video extension, is refused with the file name to give instead; then as
+    :func:`require_writable_file`."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise ValueError(f"--out '{p}' is a folder, but --out is the video file in every letstalk command; give a file "
+                         f"name, e.g. '{p / 'video.mp4'}'.")
+    if p.suffix.lower() not in VIDEO_SUFFIXES:
+        example = p.with_suffix(".mp4") if p.suffix else p / "video.mp4"
+        raise ValueError(f"--out '{p}' has no video extension ({', '.join(VIDEO_SUFFIXES)}); --out is the video file "
+                         f"in every letstalk command, e.g. '{example}'.")
+    return require_writable_file(p, what, "Choose another --out.")
+
+
+def require_folder_out(path, what: str) -> Path:
+    """``--out`` of a command that writes many files (``synth``, ``preprocess``): a folder. A name that looks like a
+    file (``x.mp4``) is refused rather than made into a folder of that name; then as :func:`require_writable_folder`."""
+    p = Path(path).expanduser()
+    if not p.exists() and p.suffix.lower() in FILE_LIKE_SUFFIXES:
+        raise ValueError(f"--out '{p}' looks like a file name, but this command writes a folder of files ({what}); "
+                         f"give a folder, e.g. '{p.with_suffix('')}'.")
+    return require_writable_folder(p, what, "Choose another --out.")
+
+
 def require_positive(value, name: str, *, integer: bool = False):
     """Raise ``ValueError`` unless ``value`` is a positive number (an int if ``integer``)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):

@@ -48,10 +48,15 @@ def warn_if_silent(wave, what: str = "The audio") -> str | None:
 
     warning = silence_warning(wave, what)
     if warning:
-        import logging
-
-        logging.getLogger("letstalk").warning("LetsTalk: %s", warning)
+        log_warning(warning)
     return warning
+
+
+def log_warning(warning: str) -> None:
+    """A warning on ComfyUI's console."""
+    import logging
+
+    logging.getLogger("letstalk").warning("LetsTalk: %s", warning)
 
 
 def covered_audio(audio, num_frames: int, fps: float) -> dict:

@@ -207,13 +207,24 @@ class LetsTalkMemoryBankLoop(io.ComfyNode):
                                       "written to disk as it is made, in constant memory.")
         store = ClipStore(host.inside_output(resume_folder)) if resume_folder.strip() else None
         state = store.load_state(gen.fingerprint(prepared, settings)) if store else None
+        for warning in store.warnings if store else []:
+            common.log_warning(warning)
         done = state.next_clip if state else 0
         covered = common.covered_audio(audio, n, fps)
 
         images = torch.empty((n if keep_images else 0, h, w, 3), dtype=torch.float32)
         sink = _FrameSink(images if keep_images else None, covered, fps, overlap)
         if stream_video:
-            sink.open_video(host.temp_file("letstalk_loop", ".mp4"))
+            from ..letstalk_core.io import estimate_video_bytes, require_space
+
+            path = host.temp_file("letstalk_loop", ".mp4")
+            sink.need = estimate_video_bytes(n, w, h, audio_seconds=n / fps)
+            require_space(path.parent, sink.need, "loop's video (written as it is made)",
+                          "Free space on the disk of ComfyUI's temp folder, or start ComfyUI with --temp-directory "
+                          "on a larger disk.")
+            if store:
+                sink.kept = f"Finished clips are kept in '{store.folder}': queue the same prompt again to continue."
+            sink.open_video(path)
         progress = host.Progress(cls.hidden.unique_id, len(plan) * settings.steps, common.preview_decoder(gen))
         f = cfg.memory.frames
         current = {"clip": -1}
@@ -262,6 +273,7 @@ class _FrameSink:
     def __init__(self, images, covered: dict, fps: float, overlap: int):
         self.images, self.covered, self.fps, self.overlap = images, covered, fps, overlap
         self.writer = self.path = None
+        self.need, self.kept = None, ""
 
     def open_video(self, path) -> None:
         from ..letstalk_core.loop import open_video
@@ -271,17 +283,25 @@ class _FrameSink:
                                  self.overlap)
 
     def write(self, start: int, frames) -> None:
-        """Frames ``[k, 3, H, W]`` in [-1, 1] for video positions ``start … start + k - 1`` (in order)."""
+        """Frames ``[k, 3, H, W]`` in [-1, 1] for video positions ``start … start + k - 1`` (in order). A failed
+        write (a full temp disk) is reported with the path, the free space and what the rest needs."""
         if self.images is not None:
             self.images[start:start + frames.shape[0]] = common.core_to_image(frames)
         if self.writer is not None:
-            self.writer.write(frames)
+            try:
+                self.writer.write(frames)
+            except OSError as e:
+                from ..letstalk_core.io import write_failed
+
+                raise write_failed(e, self.path, remaining=self.need,
+                                   kept=self.kept or "Set a resume_folder to keep finished clips when a run stops.") from e
 
     def abort(self) -> None:
-        """Cancelled or failed: close and remove the unfinished file."""
+        """Cancelled or failed: close and remove the unfinished file (a full disk may not even let it close)."""
         if self.writer is not None:
-            self.writer.close(complete=False)
-            self.path.unlink(missing_ok=True)
+            from ..letstalk_core.io import abandon_video
+
+            abandon_video(self.writer, self.path)
 
     def finish(self):
         if self.writer is None:

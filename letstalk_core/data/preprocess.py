@@ -452,6 +452,8 @@ def run_preprocess_command(args) -> int:
     Returns 0 when every video became a shard, 1 otherwise."""
     from tqdm import tqdm
 
+    from ..validation import require_folder_out
+
     try:
         make_detector(args.detector)  # a missing optional package: a clean error message, not a traceback
     except ImportError as e:
@@ -466,7 +468,7 @@ def run_preprocess_command(args) -> int:
                 bar.write(f"FAILED {video.name}: {outcome}")
             bar.update(1)
 
-        infos = preprocess_folder(args.inputs, args.out, checkpoint_or_config=args.checkpoint or args.config,
+        infos = preprocess_folder(args.inputs, require_folder_out(args.out, "preprocess's shards"), checkpoint_or_config=args.checkpoint or args.config,
                                   dcae_path=args.dcae, speech_encoder_path=args.speech_encoder,
                                   detector_spec=args.detector, workers=args.workers, keep_frames=args.keep_frames,
                                   chunk=args.chunk, device=args.device, skip_errors=True, progress=progress)

@@ -581,8 +581,10 @@ def add_synth_command(subparsers) -> argparse.ArgumentParser:
 def run_synth_command(args) -> int:
     import time
 
+    from ..validation import require_folder_out
+
     t0 = time.perf_counter()
-    manifest = make_dataset(args.out, count=args.count, seconds=args.seconds, seed=args.seed, size=args.size,
+    manifest = make_dataset(require_folder_out(args.out, "synth's samples"), count=args.count, seconds=args.seconds, seed=args.seed, size=args.size,
                             fps=args.fps, workers=args.workers)
     print(f"wrote {args.count} samples of {args.seconds:g} s ({args.size}px, {args.fps:g} fps) to {manifest.parent} "
           f"in {time.perf_counter() - t0:.1f} s; manifest: {manifest}")

@@ -204,7 +204,14 @@ class ShardWriter:
             raise ValueError(f"rows [{start}, {start + n}) of {key!r} lie outside the shard's {self.frames} frames.")
         data = t.to(dtype).contiguous().reshape(-1).view(torch.uint8).numpy()
         self._file.seek(self.data_start + offset + start * row_bytes)
-        self._file.write(data.tobytes())
+        try:
+            self._file.write(data.tobytes())
+        except OSError as e:
+            from ..io.space import write_failed
+
+            self.abort()
+            raise write_failed(e, self.path, kept="Shards finished before are kept: run the same command again "
+                                                  "to continue with the rest.") from e
         self.written[key] += n
 
     def close(self) -> Path:
@@ -220,9 +227,12 @@ class ShardWriter:
         return self.path
 
     def abort(self) -> None:
-        """Drop the partial file."""
+        """Drop the partial file (closing it may fail on a full disk: it is removed all the same)."""
         if not self._file.closed:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError:
+                pass
         self.tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> ShardWriter:

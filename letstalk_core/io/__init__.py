@@ -5,12 +5,39 @@
 * :class:`VideoWriter`: streaming MP4 sink (H.264 + AAC); :func:`probe_video`, :func:`read_video_frames`.
 """
 from .audio_file import load_audio, read_audio, save_wav
-from .image import MAX_PORTRAIT_SIDE, image_to_tensor, load_image, prepare_portrait_image, tensor_to_uint8
-from .video import AUTO_CODECS, VideoInfo, VideoWriter, fps_fraction, pick_video_codec, probe_video, read_video_frames
+from .image import (
+    MAX_PORTRAIT_SIDE,
+    image_to_tensor,
+    load_image,
+    prepare_portrait_image,
+    tensor_to_uint8,
+)
+from .space import (
+    WriteFailed,
+    abandon_video,
+    estimate_video_bytes,
+    format_bytes,
+    free_bytes,
+    require_space,
+    write_failed,
+)
+from .video import (
+    AUTO_CODECS,
+    VideoInfo,
+    VideoWriter,
+    fps_fraction,
+    pick_video_codec,
+    probe_video,
+    read_video_frames,
+)
 
 __all__ = [
+    "abandon_video",
     "AUTO_CODECS",
+    "estimate_video_bytes",
+    "format_bytes",
     "fps_fraction",
+    "free_bytes",
     "image_to_tensor",
     "load_audio",
     "load_image",
@@ -20,8 +47,11 @@ __all__ = [
     "probe_video",
     "read_audio",
     "read_video_frames",
+    "require_space",
     "save_wav",
     "tensor_to_uint8",
     "VideoInfo",
     "VideoWriter",
+    "write_failed",
+    "WriteFailed",
 ]

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .batches import keyed_generator
+from .state import load_training_state
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,7 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, *, progress: bool = True) -> 
     state_path = out.with_suffix(".train_state.pt")
     step = 0
     if state_path.is_file():  # resume
-        st = torch.load(state_path, map_location="cpu", weights_only=False)
+        st = load_training_state(state_path)
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
         step = st["step"]

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..families.letstalk.config import LetsTalkConfig, get_preset
 from .config import TrainConfig
+from .state import load_training_state
 
 CHECKPOINT_DIR = "checkpoints"
 EXPORT_NAME = "model.safetensors"
@@ -173,10 +174,19 @@ def latest_checkpoint(out: Path) -> Path | None:
 
 
 def _atomic_save(obj, path: Path) -> None:
+    """Write ``obj`` to ``path`` atomically; a failed write (a full disk) removes the half-written file and says
+    where, how much is free and that the checkpoints before it are kept."""
+    from ..io.space import write_failed
+
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise write_failed(e, path, kept="The checkpoints written before are kept: run the same command again to "
+                                         "resume from the last one.") from e
 
 
 def export_model(path: Path, config: LetsTalkConfig, ema: dict, dcae, cfg: TrainConfig, step: int) -> Path:
@@ -237,7 +247,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
     step, ck = 0, None
     last = latest_checkpoint(out)
     if last is not None:
-        ck = torch.load(last, map_location="cpu", weights_only=False)
+        ck = load_training_state(last)
         if ck["model_config"] != config.to_json():
             raise ValueError(f"'{last}' was written for another model config; use a new run folder or the old config.")
         model.load_state_dict(ck["model"])

@@ -21,8 +21,9 @@ def test_demo_command_writes_a_talking_video(tmp_path, capsys):
     cfg = get_preset("tiny")
     torch.manual_seed(0)
     ckpt = save_checkpoint(tmp_path / "tiny.safetensors", cfg, LetsTalkTransformer(cfg), dcae=DCAE(cfg.dcae))
-    rc = main(["demo", "--checkpoint", str(ckpt), "--seconds", "2.5", "--steps", "2", "--out", str(tmp_path / "d")])
+    rc = main(["demo", "--checkpoint", str(ckpt), "--seconds", "2.5", "--steps", "2", "--out", str(tmp_path / "d" / "demo.mp4")])
     assert rc == 0
+    assert sorted(p.name for p in (tmp_path / "d").glob("demo_input*"))[:1] == ["demo_input.json"]  # inputs beside it
     info = probe_video(tmp_path / "d" / "demo.mp4")
     assert info.frame_count == 63  # ceil(2.5 * 25)
     assert info.audio_seconds == pytest.approx(2.5, abs=0.03)
@@ -78,3 +79,23 @@ def test_the_wheel_ships_the_demo_model(tmp_path):
         info = z.getinfo("letstalk_core/models/letstalk-demo.safetensors")
     assert info.file_size == DEMO_MODEL.stat().st_size
     assert DEMO_MODEL.parent.parent == Path(__import__("letstalk_core").__file__).parent
+
+
+@pytest.mark.parametrize("command", ["demo", "generate"])
+def test_out_is_the_video_file_in_every_command(tmp_path, capsys, command):
+    """`--out x.mp4` made a folder named x.mp4 in the demo and a file in generate: now it is the video file in both,
+    and a folder (or a name without a video extension) is refused before any work, naming the file to give."""
+    folder = tmp_path / "existing"
+    folder.mkdir()
+    extra = ["--checkpoint", "demo", "--image", "none.png", "--audio", "none.wav"] if command == "generate" else []
+    for out, expected in ((folder, "is a folder"), (tmp_path / "videos", "has no video extension")):
+        assert main([command, *extra, "--out", str(out)]) != 0
+        err = capsys.readouterr().err
+        assert expected in err and "--out is the video file" in err, err
+    assert not (tmp_path / "videos").exists() and list(folder.iterdir()) == []
+
+
+def test_folder_outputs_refuse_a_file_name(tmp_path, capsys):
+    assert main(["synth", "--out", str(tmp_path / "x.mp4"), "--count", "1", "--seconds", "1"]) != 0
+    err = capsys.readouterr().err
+    assert "looks like a file name" in err and not (tmp_path / "x.mp4").exists(), err

@@ -56,7 +56,7 @@ def _run(args: list[str], nproc: int = 1) -> None:
 
 
 def _weights(run: Path, step: int) -> dict[str, torch.Tensor]:
-    return torch.load(run / "checkpoints" / f"step_{step:07d}.pt", map_location="cpu", weights_only=False)["model"]
+    return torch.load(run / "checkpoints" / f"step_{step:07d}.pt", map_location="cpu", weights_only=True)["model"]
 
 
 @pytest.fixture
@@ -225,3 +225,50 @@ def test_train_config_errors(tmp_path):
         from letstalk_core.train.batches import ShardSource
 
         ShardSource(tmp_path, min_frames=3)
+
+
+class _Payload:
+    """A pickle that, if loaded with ``weights_only=False``, creates a file: what a shared run folder could hold."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_crafted_pickle_in_a_run_folder_is_refused_and_runs_nothing(shards, tmp_path):
+    """`letstalk train` resumes from the run folder's latest checkpoint: one whose pickle holds code is refused
+    with a message naming it, and the code never runs (it would create ``marker``)."""
+    from letstalk_core.train.loop import train
+
+    marker = tmp_path / "pwned"
+    run = tmp_path / "shared_run"
+    (run / "checkpoints").mkdir(parents=True)
+    bad = run / "checkpoints" / "step_0000009.pt"
+    torch.save({"step": 9, "model": {}, "x": _Payload(marker)}, bad)
+    with pytest.raises(ValueError, match=r"step_0000009\.pt.*refused and nothing in it was run"):
+        train(TrainConfig(**json.loads(_config(tmp_path, "shared_run", steps=10).read_text())), progress=False)
+    assert not marker.exists()
+    r = subprocess.run([sys.executable, "-m", "letstalk_core.cli", "train", str(_config(tmp_path, "shared_run", steps=10))],
+                       env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode != 0 and "refused" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert not marker.exists()
+
+
+def test_the_autoencoder_trainer_refuses_a_crafted_state_too(tmp_path):
+    from letstalk_core.io import VideoWriter
+    from letstalk_core.train.autoencoder import AutoencoderTrainConfig, train_autoencoder
+
+    video = tmp_path / "v.mp4"
+    with VideoWriter(video, 10) as w:
+        w.write(torch.rand(6, 3, 32, 32) * 2 - 1)
+    out = tmp_path / "dcae.safetensors"
+    marker = tmp_path / "pwned"
+    torch.save({"step": 1, "model": {}, "x": _Payload(marker)}, out.with_suffix(".train_state.pt"))
+    cfg = AutoencoderTrainConfig(videos=(str(video),), out=str(out), preset="tiny", steps=2, batch_size=2,
+                                 frame_stride=1, threads=1)
+    with pytest.raises(ValueError, match=r"dcae\.train_state\.pt.*refused"):
+        train_autoencoder(cfg, progress=False)
+    assert not marker.exists()

@@ -143,6 +143,12 @@ class LetsTalkGenerator:
         """The clips of this run (:func:`plan_clips` with the settings' overlap)."""
         return plan_clips(prepared.num_frames, self.config.video.clip_frames, settings.overlap)
 
+    def frame_size(self, prepared: PreparedInputs) -> tuple[int, int]:
+        """``(height, width)`` of the decoded frames."""
+        h, w = prepared.portrait_latent.shape[-2:]
+        f = self.config.dcae.spatial_compression
+        return int(h) * f, int(w) * f
+
     def fingerprint(self, prepared: PreparedInputs, settings: GenerationSettings) -> str:
         """Ties a saved state to (model, inputs, settings); ``auto`` counts as the sampler it picks."""
         resolved = asdict(settings)

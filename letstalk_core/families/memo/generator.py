@@ -168,6 +168,11 @@ class MemoGenerator:
     def plan(self, prepared: MemoPrepared, settings: GenerationSettings) -> list[ClipPlan]:
         return plan_clips(prepared.num_frames, self.config.video.clip_frames, settings.overlap)
 
+    def frame_size(self, prepared: MemoPrepared) -> tuple[int, int]:
+        """``(height, width)`` of the decoded frames (the SD VAE's 8× of the latents)."""
+        h, w = prepared.reference_latent.shape[-2:]
+        return int(h) * 8, int(w) * 8
+
     def fingerprint(self, prepared: MemoPrepared, settings: GenerationSettings) -> str:
         s = (settings.steps, settings.seed, settings.overlap, settings.use_memory, self.cfg_scale(settings))
         return hashlib.sha256((prepared.fingerprint + repr(s)).encode()).hexdigest()[:32]
