@@ -181,6 +181,20 @@ def cmd_generate(a) -> int:
         print(f"letstalk: warning: {warning}", file=sys.stderr)
     done = state.next_clip if state else 0
     n_clips = len(gen.plan(prepared, settings))
+    h, w = gen.frame_size(prepared)
+    channels = int(waveform.shape[0]) if waveform.ndim > 1 else 1
+    need_video = estimate_video_bytes(prepared.num_frames, w, h, audio_seconds=prepared.audio_seconds,
+                                      audio_channels=channels, crf=a.crf)
+    per_clip = resume_bytes_per_clip(gen, prepared, settings) if store else 0
+    need_store = per_clip * (n_clips - done)
+    same_disk = store is not None and _same_disk(out.parent, store.folder)
+    require_space(out.parent, need_video + (need_store if same_disk else 0),
+                  "video" + (" and its resume clips" if same_disk else ""),
+                  "Free some space or choose another --out" + (" / --resume-dir." if store else "."))
+    if store and not same_disk:
+        require_space(store.folder, need_store, "resume clips", "Free some space or choose another --resume-dir.")
+    kept = (f"The {done} clips finished before are kept in '{store.folder}'; the run continues from there."
+            if store else "Use --resume-dir to keep finished clips when a run stops.")
     source = "" if a.steps is not None and a.sampler is not None else f" ({recipe.source})"
     print(f"letstalk: {prepared.audio_seconds:.2f} s of audio -> {prepared.num_frames} frames at {gen.config.video.fps:g} fps, "
           f"{n_clips} clips of {gen.config.video.clip_frames} sharing {settings.overlap}, {steps} {sampler} steps{source}, "
@@ -197,34 +211,22 @@ def cmd_generate(a) -> int:
         bar.set_description(f"clip {info.clip + 1}/{info.clips} (memory {info.memory_frames} frames)")
         bar.update(1)
 
-    h, w = gen.frame_size(prepared)
-    channels = int(waveform.shape[0]) if waveform.ndim > 1 else 1
-    need_video = estimate_video_bytes(prepared.num_frames, w, h, audio_seconds=prepared.audio_seconds,
-                                      audio_channels=channels, crf=a.crf)
-    per_clip = resume_bytes_per_clip(gen, prepared, settings) if store else 0
-    need_store = per_clip * (n_clips - done)
-    same_disk = store is not None and _same_disk(out.parent, store.folder)
-    require_space(out.parent, need_video + (need_store if same_disk else 0),
-                  "video" + (" and its resume clips" if same_disk else ""),
-                  "Free some space or choose another --out" + (" / --resume-dir." if store else "."))
-    if store and not same_disk:
-        require_space(store.folder, need_store, "resume clips", "Free some space or choose another --resume-dir.")
-    kept = (f"The {done} clips finished before are kept in '{store.folder}'; the run continues from there."
-            if store else "Use --resume-dir to keep finished clips when a run stops.")
     writer = None
+    progress = {"written": 0}
     try:
         with run_threads(state.threads if state else None):
             writer = open_video(out, gen.config.video.fps, waveform, rate, settings.overlap, crf=a.crf,
                                 metadata={"comment": f"LetsTalk {checkpoint.name} seed={a.seed}"})
-            written = 0
+            progress["written"] = 0
             if store:
                 for frames in store.stored_clips(done):
-                    written += _write(writer, frames, out, need_video)
+                    progress["written"] += _write(writer, frames, out, need_video)
             clips = gen.iter_clips(prepared, settings, state=state, on_step=on_step,
                                    replay=store.replay(state) if store else None)
             for clip, latents, new_state in clips:
                 frames = torch.cat(list(gen.decode_clip(latents, clip, settings.decode_chunk)))
-                written += _write(writer, frames, out, need_video, clip.start + clip.emitted, prepared.num_frames)
+                progress["written"] += _write(writer, frames, out, need_video, clip.start + clip.emitted,
+                                              prepared.num_frames)
                 if store:
                     try:
                         store.save(clip.index, frames, new_state, latents)  # written in the background
@@ -243,11 +245,15 @@ def cmd_generate(a) -> int:
                 store.close()  # an interrupted run keeps every clip it finished
         except OSError as store_error:
             print(f"letstalk: warning: the last clip could not be kept: {store_error}", file=sys.stderr)
+        progress["size"] = _size(out)
         partial = abandon_video(writer, out, keep_partial=a.keep_partial) if writer is not None else None
         note = f" The part made so far is kept, playable, as '{partial}'." if partial else ""
         if isinstance(e, OSError) and not isinstance(e, KeyboardInterrupt):
-            where = getattr(e, "filename", None) or out
-            raise write_failed(e, where, remaining=max(0, need_video - _size(out)) + need_store,
+            where = getattr(e, "path", None) or getattr(e, "filename", None) or out
+            frames_done, size = progress["written"], progress.get("size", 0)
+            rest = max(need_video - size, size / frames_done * (prepared.num_frames - frames_done) if frames_done else 0)
+            raise write_failed(e, where, remaining=int(rest) + (0 if store is None else
+                                                                per_clip * (n_clips - store_done(store, n_clips))),
                                kept=kept + note) from e
         if note:
             print(f"letstalk:{note}", file=sys.stderr)
@@ -281,6 +287,14 @@ def _same_disk(a: Path, b: Path) -> bool:
     return device(a) == device(b)
 
 
+def store_done(store, total: int) -> int:
+    """Clips the resume folder holds (its consecutive clip files from 0)."""
+    n = 0
+    while n < total and store.clip_path(n).exists():
+        n += 1
+    return n
+
+
 def _size(path: Path) -> int:
     try:
         return path.stat().st_size
@@ -291,12 +305,9 @@ def _size(path: Path) -> int:
 def _write(writer, frames, out: Path, need_video: int, done: int | None = None, total: int | None = None) -> int:
     """Write one clip's frames; a failed write names the file. After each clip the rest of the video is projected
     from what the clips so far took, and a run that will not fit stops now, not at the end."""
-    from .io.space import format_bytes, free_bytes, write_failed
+    from .io.space import format_bytes, free_bytes
 
-    try:
-        writer.write(frames)
-    except OSError as e:
-        raise write_failed(e, out, remaining=max(0, need_video - _size(out))) from e
+    writer.write(frames)  # a failure is reported by the caller, which knows what is kept
     if done and total and done < total:
         size = _size(out)
         rest = size / done * (total - done)

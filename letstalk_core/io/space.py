@@ -74,7 +74,7 @@ def write_failed(error: OSError, path, *, remaining: int | None = None, kept: st
     full = " Free some space" if error.errno in FULL_DISK else " Fix the cause"
     out = WriteFailed(error.errno, f"writing '{path}' failed: {reason}. {free} free on that disk{need}.{full} and "
                                    f"run the same command again.{(' ' + kept) if kept else ''}")
-    out.filename = str(path)
+    out.path = str(path)  # not .filename: str() would repeat it
     return out
 
 
