@@ -162,19 +162,21 @@ def copies_in_tree(root: Path) -> list[Path]:
     return [p for p in folder.iterdir() if p.is_dir() and p.resolve() == REPO.resolve()]
 
 
-def start_comfy(work: Path, links: list[str], extra_args: list[str] = ()) -> Comfy:
+def start_comfy(work: Path, links: list[str], extra_args: list[str] = (), *, reuse: bool = False) -> Comfy:
     """Start a headless ComfyUI whose extra custom_nodes folder holds this repository under each name
-    in ``links`` (two names = two copies of the pack), with its own folders under ``work``."""
+    in ``links`` (two names = two copies of the pack), with its own folders under ``work`` (``reuse``: those of
+    a server started there before, e.g. one that was killed, output folder and all)."""
     root, py = comfy_paths()
     nodes_dir = work / "custom_nodes"
-    nodes_dir.mkdir(parents=True)
+    nodes_dir.mkdir(parents=True, exist_ok=reuse)
     for name in links:
-        (nodes_dir / name).symlink_to(REPO)
+        if not (reuse and (nodes_dir / name).is_symlink()):
+            (nodes_dir / name).symlink_to(REPO)
     dirs = {k: work / k for k in ("input", "output", "temp", "user", "models")}
     for d in dirs.values():
-        d.mkdir()
+        d.mkdir(exist_ok=reuse)
     for sub in ("letstalk", "vae", "audio_encoders", "memo"):
-        (dirs["models"] / sub).mkdir()
+        (dirs["models"] / sub).mkdir(exist_ok=reuse)
     yaml = work / "extra_paths.yaml"
     yaml.write_text(f"letstalk_tests:\n  base_path: {work}\n  custom_nodes: custom_nodes\n"
                     f"  letstalk: models/letstalk\n  vae: models/vae\n  audio_encoders: models/audio_encoders\n"
