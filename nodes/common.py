@@ -249,10 +249,25 @@ def consumed_outputs(prompt, node_id) -> set[int] | None:
 
 
 def video_output(path):
-    """A native VIDEO for a file we wrote (streamed: nothing of it is held in memory)."""
+    """A native VIDEO for a temp file we wrote (streamed: nothing of it is held in memory). The file lives as long
+    as the VIDEO does: when ComfyUI drops the output from its cache (the next prompt replaces it), the file is
+    removed, so a day of prompts leaves no trail of videos in the temp folder."""
+    import weakref
+
     from comfy_api.latest import InputImpl
 
-    return InputImpl.VideoFromFile(str(path))
+    video = InputImpl.VideoFromFile(str(path))
+    weakref.finalize(video, _remove_quietly, str(path))
+    return video
+
+
+def _remove_quietly(path: str) -> None:
+    from pathlib import Path
+
+    try:
+        Path(path).unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def video_source(video, what: str = "video"):
@@ -263,9 +278,21 @@ def video_source(video, what: str = "video"):
         return str(src)
     if not hasattr(video, "save_to"):
         raise ValueError(f"{what} must be a VIDEO (e.g. the Memory Bank Loop's video output or Load Video).")
-    path = host.temp_file("letstalk_source", ".mp4")
+    path = host.temp_file(TEMP_SOURCE, ".mp4")
     video.save_to(str(path))
     return str(path)
+
+
+TEMP_SOURCE = "letstalk_source"  # video_source's own temp copies: removed by their user after reading
+
+
+def release_source(path: str) -> None:
+    """Remove ``path`` if it is one of :func:`video_source`'s temp copies (never a user's file)."""
+    from pathlib import Path
+
+    p = Path(path)
+    if p.parent == host.temp_dir() / "letstalk" and p.name.startswith(TEMP_SOURCE + "_"):
+        _remove_quietly(str(p))
 
 
 def done_ui(summary: str) -> dict:

@@ -143,8 +143,11 @@ class LetsTalkPasteBack(io.ComfyNode):
         image = common.image_to_core(photo, "photo")[:1, :3]
         if video is not None:
             out = host.temp_file("letstalk_paste_back", ".mp4")
-            paste_back_video(common.video_source(video), out, image, face_box, feather=feather,
-                             should_stop=host.check_interrupt)
+            source = common.video_source(video)
+            try:
+                paste_back_video(source, out, image, face_box, feather=feather, should_stop=host.check_interrupt)
+            finally:
+                common.release_source(source)
             return io.NodeOutput(torch.zeros((0, face_box.height, face_box.width, 3)), common.video_output(out),
                                  ui=common.done_ui("video pasted back"))
         n = frames.shape[0]
