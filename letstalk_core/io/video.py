@@ -209,11 +209,12 @@ class VideoWriter:
         if _encoder_available(self.codec) == "libx264":
             stream.codec_context.options = {"crf": str(self.crf)}
             # A resumed run must equal an uninterrupted one frame for frame, so the same frames must give the same
-            # bytes. PyAV's defaults do not: sliced x264 threads fed RGB frames that PyAV converts inside encode()
-            # gave 3-4 different files in 5-6 encodes of the same 700×820 frames, 0.4 apart in pixels. Frames
-            # converted to YUV before encode() (see write) and x264's frame threads gave one file in every trial,
-            # and frame threads were the fastest (128 frames at 700×820: 0.60 s, 0.70 s sliced, 0.98 s one thread).
-            stream.codec_context.thread_type = "FRAME"
+            # bytes, whatever else the machine is doing. x264 with threads does not: sliced threads gave 3-4
+            # different files in 5-6 encodes of the same 700×820 frames (0.4 apart in pixels), and frame threads
+            # differed in a few frames (up to 0.28) when the encode shared the cores with the sampler and the resume
+            # writer. One encoder thread gives one file every time; it costs 0.98 s against 0.60 s (frame threads)
+            # for 128 frames at 700×820, small beside the frames' sampling.
+            stream.codec_context.thread_count = 1
         else:
             stream.bit_rate = max(200_000, int(0.2 * width * height * float(self.fps)))
         self._video = stream
