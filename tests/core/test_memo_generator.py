@@ -13,8 +13,9 @@ from safetensors.torch import load_file
 from letstalk_core.cli import main
 from letstalk_core.io.audio_file import save_wav
 from letstalk_core.io.image import load_image
-from letstalk_core.io.video import probe_video, read_video_frames
+from letstalk_core.io.video import probe_video
 from letstalk_core.loop import GenerationSettings
+from tests.core.helpers import assert_same_video
 from tests.core.memo_tiny import GOLDEN, NO_FACE, PORTRAIT, SIZE, make_tiny_memo
 
 pytest.importorskip("onnxruntime", reason="face analysis needs onnxruntime (in the test extra)")
@@ -201,7 +202,7 @@ def test_cli_resume_equals_an_uninterrupted_run(tiny, tmp_path):
         g.MemoGenerator.remember = original
     assert (tmp_path / "run" / "clip_00001.npy").is_file() and not (tmp_path / "run" / "clip_00002.npy").exists()
     assert _cli(tiny, tmp_path / "resumed.mp4", "--emotion", "happy", "--resume-dir", str(tmp_path / "run")) == 0
-    assert torch.equal(read_video_frames(full), read_video_frames(tmp_path / "resumed.mp4"))
+    assert_same_video(full, tmp_path / "resumed.mp4")
     assert not (tmp_path / "run").exists()
 
 
