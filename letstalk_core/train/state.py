@@ -1,7 +1,7 @@
 """Training checkpoints read without running code (DESIGN.md, "Contracts": no pickle is ever executed).
 
-A run folder is something people share. ``torch.load(weights_only=False)`` would execute whatever a
-crafted ``.pt`` file's pickle holds; :func:`load_training_state` reads tensors, numbers, strings and
+A run folder is something people share, and unpickling a crafted ``.pt`` file executes whatever its pickle
+holds; :func:`load_training_state` reads tensors, numbers, strings and
 containers of them only (``weights_only=True``), which is all a letstalk training checkpoint holds
 (weights, EMA, optimizer state, step, the configs as JSON), and refuses anything else by name.
 """

@@ -6,7 +6,7 @@ The DC-AE, the memory bank and the speech front end are shared parts below it (`
 ``audio``)."""
 from __future__ import annotations
 
-from importlib import import_module
+from ...lazy import lazy_exports
 
 #: The family's public names and the module each lives in (imported when first used: no work at import time).
 _EXPORTS = {
@@ -36,14 +36,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(_EXPORTS[name], __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
