@@ -134,6 +134,7 @@ class LetsTalkPasteBack(io.ComfyNode):
         import torch
 
         from ..letstalk_core.compose import FaceBox, iter_paste_back, paste_back_bytes, paste_back_video
+        from ..letstalk_core.runtime import release_freed_memory
 
         if not isinstance(face_box, FaceBox):
             raise ValueError("connect 'face_box' to the face_box output of LetsTalk Face Crop.")
@@ -148,6 +149,7 @@ class LetsTalkPasteBack(io.ComfyNode):
                 paste_back_video(source, out, image, face_box, feather=feather, should_stop=host.check_interrupt)
             finally:
                 common.release_source(source)
+                release_freed_memory()
             return io.NodeOutput(torch.zeros((0, face_box.height, face_box.width, 3)), common.video_output(out),
                                  ui=common.done_ui("video pasted back"))
         n = frames.shape[0]

@@ -175,7 +175,7 @@ class LetsTalkMemoryBankLoop(io.ComfyNode):
         import torch
 
         from ..letstalk_core.resume import ClipStore
-        from ..letstalk_core.runtime import run_threads
+        from ..letstalk_core.runtime import release_freed_memory, run_threads
 
         wave, rate = common.audio_waveform(audio)
         silent = common.warn_if_silent(wave)
@@ -260,6 +260,7 @@ class LetsTalkMemoryBankLoop(io.ComfyNode):
             threads.__exit__(None, None, None)
             if store:
                 store.close()  # a cancelled run keeps every clip it finished
+            release_freed_memory()  # a server runs prompt after prompt: hand the run's freed heap back
         video = sink.finish()
         progress.finish()
         summary = f"{n} frames, {len(plan)} clips" + (f"; warning: {silent}" if silent else "")
