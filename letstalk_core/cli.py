@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -220,13 +221,13 @@ def cmd_generate(a) -> int:
             progress["written"] = 0
             if store:
                 for frames in store.stored_clips(done):
-                    progress["written"] += _write(writer, frames, out, need_video)
+                    progress["written"] += _write(writer, frames, out)
             clips = gen.iter_clips(prepared, settings, state=state, on_step=on_step,
                                    replay=store.replay(state) if store else None)
             for clip, latents, new_state in clips:
                 frames = torch.cat(list(gen.decode_clip(latents, clip, settings.decode_chunk)))
-                progress["written"] += _write(writer, frames, out, need_video, clip.start + clip.emitted,
-                                              prepared.num_frames)
+                progress["written"] += _write(writer, frames, out, clip.start + clip.emitted,
+                                              prepared.num_frames, need_video)
                 if store:
                     try:
                         store.save(clip.index, frames, new_state, latents)  # written in the background
@@ -252,9 +253,9 @@ def cmd_generate(a) -> int:
             where = getattr(e, "path", None) or getattr(e, "filename", None) or out
             frames_done, size = progress["written"], progress.get("size", 0)
             rest = max(need_video - size, size / frames_done * (prepared.num_frames - frames_done) if frames_done else 0)
-            raise write_failed(e, where, remaining=int(rest) + (0 if store is None else
-                                                                per_clip * (n_clips - store_done(store, n_clips))),
-                               kept=kept + note) from e
+            if store is not None and _same_disk(store.folder, out.parent):  # the clips still to keep go there too
+                rest += per_clip * (n_clips - store_done(store, n_clips))
+            raise write_failed(e, where, remaining=int(rest), kept=kept + note) from e
         if note:
             print(f"letstalk:{note}", file=sys.stderr)
         raise
@@ -295,6 +296,13 @@ def store_done(store, total: int) -> int:
     return n
 
 
+def _same_disk(a: Path, b: Path) -> bool:
+    try:
+        return os.stat(a).st_dev == os.stat(b).st_dev
+    except OSError:
+        return True
+
+
 def _size(path: Path) -> int:
     try:
         return path.stat().st_size
@@ -302,20 +310,13 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _write(writer, frames, out: Path, need_video: int, done: int | None = None, total: int | None = None) -> int:
-    """Write one clip's frames; a failed write names the file. After each clip the rest of the video is projected
-    from what the clips so far took, and a run that will not fit stops now, not at the end."""
-    from .io.space import format_bytes, free_bytes
+def _write(writer, frames, out: Path, done: int | None = None, total: int | None = None, estimate: int = 0) -> int:
+    """Write one clip's frames (a failed write is reported by the caller, which knows what is kept); then stop now
+    if the rest of the video will not fit (:func:`~letstalk_core.io.space.require_room_for_the_rest`)."""
+    from .io.space import require_room_for_the_rest
 
-    writer.write(frames)  # a failure is reported by the caller, which knows what is kept
-    if done and total and done < total:
-        size = _size(out)
-        rest = size / done * (total - done)
-        free = free_bytes(out.parent)
-        if rest > free and size > 0:
-            raise OSError(28, f"the video so far takes {format_bytes(size)} for {done} frames, so the other "
-                              f"{total - done} need about {format_bytes(rest)}, more than the {format_bytes(free)} free; "
-                              "stopping now rather than at the end", str(out))
+    writer.write(frames)
+    require_room_for_the_rest(out, done or 0, total or 0, estimate)
     return int(frames.shape[0])
 
 

@@ -213,7 +213,7 @@ class LetsTalkMemoryBankLoop(io.ComfyNode):
         covered = common.covered_audio(audio, n, fps)
 
         images = torch.empty((n if keep_images else 0, h, w, 3), dtype=torch.float32)
-        sink = _FrameSink(images if keep_images else None, covered, fps, overlap)
+        sink = _FrameSink(images if keep_images else None, covered, fps, overlap, n)
         if stream_video:
             from ..letstalk_core.io import estimate_video_bytes, require_space
 
@@ -251,6 +251,7 @@ class LetsTalkMemoryBankLoop(io.ComfyNode):
                     pos += chunk.shape[0]
                     if store:
                         decoded.append(chunk)
+                sink.clip_done()
                 if store:
                     store.save(clip.index, torch.cat(decoded), new_state, latents)  # written in the background
         except BaseException:
@@ -271,8 +272,8 @@ class _FrameSink:
     """Where the loop's decoded frames go: the IMAGE batch (when the graph takes it) and/or an mp4 with
     the covered sound written as the frames come (when it takes the video)."""
 
-    def __init__(self, images, covered: dict, fps: float, overlap: int):
-        self.images, self.covered, self.fps, self.overlap = images, covered, fps, overlap
+    def __init__(self, images, covered: dict, fps: float, overlap: int, frames: int):
+        self.images, self.covered, self.fps, self.overlap, self.frames = images, covered, fps, overlap, frames
         self.writer = self.path = None
         self.need, self.kept = None, ""
 
@@ -292,10 +293,24 @@ class _FrameSink:
             try:
                 self.writer.write(frames)
             except OSError as e:
-                from ..letstalk_core.io import write_failed
+                raise self._failed(e) from e
 
-                raise write_failed(e, self.path, remaining=self.need,
-                                   kept=self.kept or "Set a resume_folder to keep finished clips when a run stops.") from e
+    def clip_done(self) -> None:
+        """After each clip: a disk that will not hold the rest of the video stops the run now."""
+        if self.writer is not None:
+            from ..letstalk_core.io import require_room_for_the_rest
+
+            try:
+                require_room_for_the_rest(self.path, self.writer.frames_written, self.frames, self.need or 0)
+            except OSError as e:
+                raise self._failed(e) from e
+
+    def _failed(self, error: OSError):
+        from ..letstalk_core.io import write_failed
+
+        left = self.need * (self.frames - self.writer.frames_written) // self.frames if self.need else None
+        return write_failed(error, self.path, remaining=left,
+                            kept=self.kept or "Set a resume_folder to keep finished clips when a run stops.")
 
     def abort(self) -> None:
         """Cancelled or failed: close and remove the unfinished file (a full disk may not even let it close)."""
@@ -307,7 +322,12 @@ class _FrameSink:
     def finish(self):
         if self.writer is None:
             return None
-        self.writer.close()
+        try:
+            self.writer.close()  # the encoder's last frames and the MP4 index: this write can fail too
+        except OSError as e:
+            failed = self._failed(e)
+            self.abort()
+            raise failed from e
         return common.video_output(self.path)
 
 

@@ -18,6 +18,7 @@ from .space import (
     estimate_video_bytes,
     format_bytes,
     free_bytes,
+    require_room_for_the_rest,
     require_space,
     write_failed,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "probe_video",
     "read_audio",
     "read_video_frames",
+    "require_room_for_the_rest",
     "require_space",
     "save_wav",
     "tensor_to_uint8",

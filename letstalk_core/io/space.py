@@ -56,6 +56,31 @@ def require_space(path, need: int, what: str, hint: str) -> None:
                          f"{format_bytes(free)} free ({format_bytes(need - free)} short). {hint}")
 
 
+def require_room_for_the_rest(path, done: int, total: int, estimate: int = 0) -> None:
+    """After each clip: stop now (``OSError(ENOSPC)``) when the disk of the video at ``path`` cannot hold the rest,
+    rather than when a write fails. An encoder holds frames back (x264's look-ahead is 40 frames) and FFmpeg
+    writes in 32 KB blocks, so a write fails clips after the disk filled, and early in a run the file's size says
+    little. The rest is the larger of two projections: from what the ``done`` frames of ``total`` took, and from
+    the run's size ``estimate`` (:func:`estimate_video_bytes`) for the frames left. A run that passed
+    :func:`require_space` and writes no faster than the estimate never stops here unless something else fills
+    its disk."""
+    if not done or done >= total:
+        return
+    try:
+        size = Path(path).stat().st_size
+    except OSError:
+        return
+    measured = size / done * (total - done)
+    rest = max(measured, estimate * (total - done) / total)
+    free = free_bytes(Path(path).parent)
+    if rest > free:
+        basis = (f"the video so far takes {format_bytes(size)} for {done} frames, so the other {total - done} need "
+                 f"about {format_bytes(rest)}" if measured >= rest else
+                 f"the other {total - done} frames need about {format_bytes(rest)}")
+        raise OSError(errno.ENOSPC, f"{basis}, more than the {format_bytes(free)} free; stopping now rather than "
+                                    "at the end", str(path))
+
+
 class WriteFailed(OSError):
     """A write that failed, with a message a user can act on (the path, the free space, what the rest needs)."""
 

@@ -200,14 +200,22 @@ class VideoWriter:
         self.crf, self.pix_fmt = crf, pix_fmt
         self.frames_written = 0
         self.size: tuple[int, int] | None = None  # (height, width), fixed by the first write
-        self._container = av.open(str(self.path), "w", format="mp4", options={"movflags": "use_metadata_tags"})
+        # FFmpeg writes through this Python file, so a failed write (a full disk) raises at the next mux, within
+        # one 32 KB buffer. Opened by path, FFmpeg's own file protocol reported ENOSPC 134 frames late in a test
+        # on a 200 KB tmpfs, and a run in ComfyUI went on to its end before the failure showed.
+        self._file = open(self.path, "wb")  # noqa: SIM115 - closed in close(), after the container
+        try:
+            self._container = av.open(self._file, "w", format="mp4", options={"movflags": "use_metadata_tags"})
+        except BaseException:
+            self._file.close()
+            raise
         try:
             for key, value in (metadata or {}).items():
                 self._container.metadata[str(key)] = str(value)
             self._audio = _AudioTrack(self._container, audio, audio_rate) if audio is not None else None
             self._video = None
         except Exception:
-            self._container.close()
+            self._close_files()
             raise
         self._closed = False
 
@@ -279,7 +287,13 @@ class VideoWriter:
                 self._audio.encode_until(None if complete else float(self.frames_written / self.fps))
                 self._audio.finish()
         finally:
-            self._container.close()
+            self._close_files()
+
+    def _close_files(self) -> None:
+        try:
+            self._container.close()  # the MP4 index is written here: on a full disk this raises
+        finally:
+            self._file.close()
 
     def __enter__(self) -> "VideoWriter":
         return self

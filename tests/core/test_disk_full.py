@@ -218,3 +218,54 @@ def test_a_folder_another_run_is_writing_is_refused(files, tmp_path, capsys):
     finally:
         holder.close()
     assert _generate(d, ckpt, tmp_path / "v.mp4", "--resume-dir", str(run)) == 0  # free again once it ends
+
+
+def _fill(folder: Path, size: int) -> Path:
+    """Fill ``folder``'s disk (real, or simulated as ``size`` bytes) to the last byte; returns the filler file."""
+    filler = folder / "filler.bin"
+    with open(filler, "wb", buffering=0) as fh:  # unbuffered: nothing left to flush into a full disk at close
+        for block in (65536, 4096, 1):
+            try:
+                while fh.write(b"\0" * block) and filler.stat().st_size <= size:  # a simulated disk never fills
+                    pass
+            except OSError:
+                pass
+    return filler
+
+
+def test_paste_back_on_a_full_disk_refuses_or_stops_and_removes_its_file(small_disk, tmp_path):
+    """Paste Back's streamed output: a disk too small is refused before any frame; a disk that fills during the
+    run stops it within one chunk, with the path and the free space, and no unfinished file is left."""
+    import torch
+
+    from letstalk_core.compose import manual_box, paste_back_video
+    from letstalk_core.io import VideoWriter
+    from letstalk_core.io.space import WriteFailed
+
+    g = torch.Generator().manual_seed(1)
+    faces = torch.nn.functional.avg_pool2d(torch.rand(96, 3, 48, 48, generator=g) * 2 - 1, 3, 1, 1)
+    source = tmp_path / "faces.mp4"
+    with VideoWriter(source, 25, audio=speech_like(96 / 25, rate=16000), audio_rate=16000) as w:
+        w.write(faces)
+    photo = torch.rand(1, 3, 160, 200, generator=g) * 2 - 1
+    box = manual_box(0.5, 0.5, 0.4, 200, 160)
+    tiny = small_disk(8 * 1024)
+    with pytest.raises(ValueError, match="needs about .* short"):
+        paste_back_video(source, tiny.path / "out.mp4", photo, box)
+    assert list(tiny.path.iterdir()) == []
+
+    disk = small_disk(4 * 2**20)
+    chunks = {"n": 0}
+
+    def fill_after_two_chunks():
+        chunks["n"] += 1
+        if chunks["n"] == 3:
+            chunks["filler"] = _fill(disk.path, disk.size)
+
+    t0 = time.perf_counter()
+    with pytest.raises(WriteFailed, match="free on that disk") as e:
+        paste_back_video(source, disk.path / "out.mp4", photo, box, chunk=16, should_stop=fill_after_two_chunks)
+    print(f"\n[{'tmpfs' if disk.real else 'simulated'}] paste back stopped {time.perf_counter() - t0:.2f} s into the "
+          f"run after chunk {chunks['n']}: {e.value}")
+    assert str(disk.path / "out.mp4") in str(e.value) and chunks["n"] <= 4
+    assert sorted(p.name for p in disk.path.iterdir()) == ["filler.bin"]

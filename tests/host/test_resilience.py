@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import copy
 import os
+import re
+import shutil
 import signal
 import time
+from pathlib import Path
 
+import pytest
 import torch
 
 from letstalk_core.io.video import read_video_frames
@@ -65,6 +69,80 @@ def test_a_killed_server_resumes_after_the_last_finished_clip(object_info, tmp_p
     assert len(unchanged) >= state_clips - 1, (len(unchanged), state_clips)
     assert torch.equal(read_video_frames(reference), read_video_frames(resumed))
     assert "Traceback" not in log, log[-3000:]
+
+
+def _error_text(entry) -> str:
+    """The exception message of a failed prompt's history entry."""
+    assert entry["status"]["status_str"] == "error", entry["status"]
+    errors = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_error"]
+    assert errors, entry["status"]
+    return errors[0]["exception_message"]
+
+
+def test_a_full_temp_disk_stops_the_loop_within_a_clip_and_a_rerun_continues(object_info, tmp_path):
+    """The loop's ``video`` output is written into ComfyUI's temp folder as it is made. That folder on a small
+    tmpfs: a disk too small is refused before any clip; a disk that fills in the middle of a run stops it within a
+    clip with the path and the free space, removes the unfinished video and keeps the finished clips in the
+    resume folder; after freeing the space the same prompt continues and its video equals an uninterrupted run's."""
+    import subprocess
+
+    disk = tmp_path / "tempdisk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs for ComfyUI's temp folder needs root on Linux")
+    api = load_api("letstalk_long_video", object_info)
+    node_of(api, "LetsTalkMemoryBankLoop")["inputs"].update(steps=4, seed=5, resume_folder="")
+    node_of(api, "SaveVideo")["inputs"]["filename_prefix"] = "letstalk/full_disk_reference"
+    resumable = copy.deepcopy(api)
+    node_of(resumable, "LetsTalkMemoryBankLoop")["inputs"]["resume_folder"] = "letstalk/full_disk_run"
+    node_of(resumable, "SaveVideo")["inputs"]["filename_prefix"] = "letstalk/full_disk_resumed"
+    comfy = start_comfy(tmp_path / "host", ["letstalk"], ["--temp-directory", str(disk)])
+    temp = disk / "temp"
+    folder = comfy.dirs["output"] / "letstalk" / "full_disk_run"
+    filler = disk / "filler.bin"
+    try:
+        reference = _video(comfy, comfy.wait(comfy.queue(api), timeout=900))
+        # too small before any work: the disk filled but for 64 KB
+        with open(filler, "wb") as fh:
+            fh.write(b"\0" * (shutil.disk_usage(disk).free - 64 * 1024))
+        t0 = time.time()
+        refusal = _error_text(comfy.wait(comfy.queue(resumable), timeout=300))
+        refused = time.time() - t0
+        assert "needs about" in refusal and "short" in refusal and str(temp) in refusal, refusal
+        assert not list(folder.glob("clip_*.npy"))  # refused before the first clip
+        filler.unlink()
+        # the disk fills after the second finished clip
+        prompt = comfy.queue(resumable)
+        t0 = time.time()
+        while len(list(folder.glob("clip_*.npy"))) < 2:
+            assert time.time() - t0 < 300, "the run made no clips"
+            time.sleep(0.02)
+        with open(filler, "wb", buffering=0) as fh:  # to the last byte
+            for block in (2**20, 4096, 1):
+                try:
+                    while fh.write(b"\0" * block):
+                        pass
+                except OSError:
+                    pass
+        filled_at, clips_then = time.time(), len(list(folder.glob("clip_*.npy")))
+        entry = comfy.wait(prompt, timeout=300)
+        stopped = time.time() - filled_at
+        message = _error_text(entry)
+        kept = sorted(folder.glob("clip_*.npy"))
+        assert "[Errno 28]" in message and "free on that disk" in message and str(temp) in message, message
+        assert "Finished clips are kept" in message, message
+        assert len(kept) <= clips_then + 1, (len(kept), clips_then)  # stopped within one clip
+        unfinished = Path(re.search(r"writing '([^']+)'", message).group(1))
+        assert unfinished.parent.parent == temp and not unfinished.exists()  # the unfinished video removed
+        assert comfy.alive()
+        filler.unlink()
+        resumed = _video(comfy, comfy.wait(comfy.queue(resumable), timeout=900))
+    finally:
+        stop_comfy(comfy)
+        subprocess.run(["umount", str(disk)], check=False)
+    print(f"\nrefused in {refused:.2f} s: {refusal}\nstopped {stopped:.2f} s after the disk filled ({clips_then} "
+          f"clips then, {len(kept)} kept, {sum(k.stat().st_size for k in kept)} B): {message}")
+    assert torch.equal(read_video_frames(reference), read_video_frames(resumed))
 
 
 def _rss(pid: int) -> int:
