@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -294,13 +293,6 @@ def store_done(store, total: int) -> int:
     while n < total and store.clip_path(n).exists():
         n += 1
     return n
-
-
-def _same_disk(a: Path, b: Path) -> bool:
-    try:
-        return os.stat(a).st_dev == os.stat(b).st_dev
-    except OSError:
-        return True
 
 
 def _size(path: Path) -> int:
