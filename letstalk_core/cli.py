@@ -50,8 +50,22 @@ def _add_generate(sub) -> None:
     p.add_argument("--checkpoint", required=True,
                    help="LetsTalk checkpoint (.safetensors), 'demo' for the shipped demo model, or a MEMO model folder "
                         "(memoavatar/memo: reference_net/, diffusion_net/, image_proj/, audio_proj/, misc/)")
-    p.add_argument("--image", required=True, help="portrait image (png, jpg, webp, ...)")
-    p.add_argument("--audio", required=True, help="speech audio, or a video with sound (wav, mp3, flac, m4a, mp4, ...)")
+    p.add_argument("--image", required=True, help="portrait image (png, jpg, webp, ...), or with --face a photo of "
+                                                  "any size with one or more people")
+    p.add_argument("--audio", required=True, action="append",
+                   help="speech audio, or a video with sound (wav, mp3, flac, m4a, mp4, ...). For a conversation (several "
+                        "people in --image), give it once per face, in the order of --face: each face speaks its own "
+                        "track and listens while the others speak (shorter tracks are padded with silence)")
+    p.add_argument("--face", default=None,
+                   help="for a photo with several people (or one face in a larger photo): the face boxes, "
+                        "'x0,y0,x1,y1; x0,y0,x1,y1' in photo pixels (square, one per --audio, same order), or a "
+                        "detector whose faces are taken left to right: haar (needs opencv-python-headless) or scrfd "
+                        "(a MEMO folder's). Default with several --audio: scrfd for MEMO, else haar. Each face is "
+                        "cropped at the model's size and pasted back into the photo; the sound is the tracks' mix")
+    p.add_argument("--face-scale", type=float, default=1.6,
+                   help="with a detector: enlarge each found face box this much (hair, chin, motion room)")
+    p.add_argument("--feather", type=float, default=0.12,
+                   help="with --face: the soft edge of each pasted face, as a fraction of its box side")
     p.add_argument("--out", required=True, help="output .mp4")
     p.add_argument("--dcae", help="DC-AE weights, when the checkpoint does not bundle them")
     p.add_argument("--vae", help="MEMO: the Stable Diffusion VAE (sd-vae-ft-mse folder or file)")
@@ -111,17 +125,11 @@ def _add_generate(sub) -> None:
 
 
 def cmd_generate(a) -> int:
-    import torch
-    from tqdm import tqdm
-
-    from .audio.waveform import silence_warning
     from .diffusion.guidance import GuidanceScales
     from .families.letstalk import RECOMMENDED_MEMORY_ANCHOR
     from .family import MEMO, family_of, load_generator
-    from .io.audio_file import read_audio
     from .io.image import load_image
-    from .io.space import abandon_video, estimate_video_bytes, require_space, write_failed
-    from .loop import GenerationSettings, open_video, recommended_overlap, resume_bytes_per_clip
+    from .loop import GenerationSettings, recommended_overlap
     from .resume import ClipStore
     from .validation import require_file, require_video_out
 
@@ -132,14 +140,12 @@ def cmd_generate(a) -> int:
     out = require_video_out(a.out)
     store = ClipStore(a.resume_dir) if a.resume_dir else None  # checks that the folder is writable
     image = load_image(a.image)
-    audio = read_audio(a.audio)
-    waveform, rate = audio.waveform, audio.rate
-    for warning in (audio.shortfall(), silence_warning(waveform, f"The audio '{audio.path.name}'")):
-        if warning:
-            print(f"letstalk: warning: {warning}", file=sys.stderr)
+    conversation = len(a.audio) > 1 or a.face is not None
+    boxes = _faces_for(a, image, checkpoint) if conversation else None  # refused here, before a model is loaded
+    tracks = [_read_track(path) for path in a.audio]
     if memo:
         from .devices import pick_device, pick_dtype
-        from .families.memo import choose_options, emotion_source, open_memo_folder, portrait_face_embedding
+        from .families.memo import choose_options, emotion_source, open_memo_folder
 
         device, dtype = pick_device(a.device), None
         dtype = pick_dtype(a.dtype, device)
@@ -151,10 +157,10 @@ def cmd_generate(a) -> int:
         if a.sampler not in (None, "euler"):
             raise ValueError(f"MEMO samples with Euler steps of rectified flow; --sampler {a.sampler} does not apply.")
         emotions = emotion_source(a.emotion, a.emotion_encoder, gen)
-        face = portrait_face_embedding(image, checkpoint, allow_missing=a.allow_no_face)
     else:
         gen = load_generator(checkpoint, dcae_path=a.dcae, speech_encoder_path=a.speech_encoder, device=a.device,
                              dtype=a.dtype)
+        emotions = None
     if a.compile:
         from .runtime import compile_forward
 
@@ -170,11 +176,148 @@ def cmd_generate(a) -> int:
                                   overlap=default_overlap if a.overlap is None else a.overlap,
                                   memory_anchor=RECOMMENDED_MEMORY_ANCHOR if a.memory_anchor is None else a.memory_anchor,
                                   cfg_scale=a.cfg_scale)
-    t0 = time.perf_counter()
-    if memo:
-        prepared = gen.prepare(image, waveform, rate, face_embedding=face, emotions=emotions, size_mode=a.size_mode)
+    note = "" if a.steps is not None and a.sampler is not None else f" ({recipe.source})"
+    comment = f"LetsTalk {checkpoint.name} seed={a.seed}"
+
+    def conditions(portrait) -> dict:
+        if not memo:
+            return {}
+        from .families.memo import portrait_face_embedding
+
+        return {"face_embedding": portrait_face_embedding(portrait, checkpoint, allow_missing=a.allow_no_face),
+                "emotions": emotions}
+
+    if not conversation:
+        waveform, rate = tracks[0]
+        _render(a, gen, settings, image, waveform, rate, out, store, conditions(image), note, comment)
+        print(out.resolve())
+        return 0
+    side = a.size if memo else gen.config.video.height  # the model's square crop
+    return _conversation(a, gen, settings, image, boxes, tracks, out, store, conditions, note, comment, side)
+
+
+def _read_track(path):
+    from .audio.waveform import silence_warning
+    from .io.audio_file import read_audio
+
+    audio = read_audio(path)
+    for warning in (audio.shortfall(), silence_warning(audio.waveform, f"The audio '{audio.path.name}'")):
+        if warning:
+            print(f"letstalk: warning: {warning}", file=sys.stderr)
+    return audio.waveform, audio.rate
+
+
+def _faces_for(a, image, checkpoint):
+    """The face boxes of a conversation, one per ``--audio``: given by hand (``--face "x0,y0,x1,y1; ..."``) in the
+    order given, or found by a detector (``--face haar|scrfd``, default: SCRFD for a MEMO folder, else Haar) and
+    taken left to right. Overlapping boxes are refused."""
+    from .compose import boxes_text, face_boxes, parse_boxes, require_apart
+    from .io.image import tensor_to_uint8
+
+    h, w = image.shape[-2:]
+    spec = (a.face or ("scrfd" if checkpoint.is_dir() else "haar")).strip()
+    if spec in ("haar", "scrfd"):
+        import numpy as np
+
+        rgb = np.ascontiguousarray(tensor_to_uint8(image[0] if image.ndim == 4 else image))
+        if spec == "haar":
+            from .face import HaarDetector
+
+            try:
+                detector = HaarDetector()
+            except ImportError as e:
+                raise ValueError("finding faces with --face haar needs OpenCV (pip install opencv-python-headless); "
+                                 "or give the boxes: --face \"x0,y0,x1,y1; x0,y0,x1,y1\" (photo pixels).") from e
+        else:
+            from .face import ScrfdDetector
+
+            if not checkpoint.is_dir():
+                raise ValueError("--face scrfd uses the SCRFD detector of a MEMO folder; give --checkpoint <MEMO folder>, "
+                                 "--face haar, or the boxes by hand.")
+            detector = ScrfdDetector.from_folder(checkpoint)
+        boxes = face_boxes(detector.detect(rgb), w, h, scale=a.face_scale)
+        print(f"letstalk: {len(boxes)} faces found, left to right: {boxes_text(boxes)}", file=sys.stderr)
+        if len(boxes) < len(a.audio):
+            raise ValueError(f"{len(a.audio)} speech tracks but {len(boxes)} faces found ({boxes_text(boxes)}); "
+                             "give the boxes by hand with --face \"x0,y0,x1,y1; ...\".")
+        if len(boxes) > len(a.audio):
+            raise ValueError(f"{len(boxes)} faces found ({boxes_text(boxes)}) but {len(a.audio)} speech tracks: give one "
+                             "--audio per face (a silent track for a face that only listens), or pick the faces "
+                             "with --face \"x0,y0,x1,y1; ...\".")
     else:
-        prepared = gen.prepare(image, waveform, rate, size_mode=a.size_mode)
+        boxes = parse_boxes(spec, w, h)
+        if len(boxes) != len(a.audio):
+            raise ValueError(f"--face gives {len(boxes)} boxes but there are {len(a.audio)} --audio tracks: give one "
+                             "box per track, in the same order.")
+    require_apart(boxes)
+    return boxes
+
+
+def _conversation(a, gen, settings, image, boxes, tracks, out: Path, store, conditions, note: str,
+                  comment: str, side: int) -> int:
+    """Several faces in one photo, one speech track each: the tracks are aligned (one rate, padded at the end
+    with silence to the longest, so a face listens while the others speak); each face is cropped at the model's
+    size and made into its own video beside ``out`` (a resume folder each, under ``--resume-dir``); then all faces
+    are streamed into the photo in one pass with the tracks' mix as the sound (:func:`compose.compose_video`),
+    and the face videos are removed."""
+    from .audio.tracks import align_tracks, mix_tracks
+    from .compose import compose_video, crop_face
+    from .io.space import estimate_video_bytes, require_space
+    from .resume import ClipStore
+
+    waves, rate = align_tracks(tracks)
+    mix = mix_tracks(waves)
+    photo = image[None] if image.ndim == 3 else image
+    h, w = photo.shape[-2:]
+    fps = float(gen.config.video.fps)
+    from .audio.waveform import frame_count
+
+    frames = frame_count(mix.shape[-1], rate, fps)
+    need = estimate_video_bytes(frames, w, h, audio_seconds=mix.shape[-1] / rate, audio_channels=mix.shape[0],
+                                crf=a.crf) + len(boxes) * estimate_video_bytes(frames, side, side,
+                                                                               audio_seconds=mix.shape[-1] / rate)
+    require_space(out.parent, need, "conversation (each face's video, then the composed one)",
+                  "Free some space or choose another --out.")
+    print(f"letstalk: a conversation of {len(boxes)} faces, {mix.shape[-1] / rate:.2f} s (the longest track; the others "
+          "are padded with silence, so those faces listen)", file=sys.stderr)
+    layers, stores = [], []
+    try:
+        for i, (box, wave) in enumerate(zip(boxes, waves)):
+            portrait = crop_face(photo, box, side)[0]
+            face_out = out.with_name(f".{out.stem}.face{i + 1}.mp4")
+            face_store = ClipStore(store.folder / f"face_{i + 1}") if store else None
+            _render(a, gen, settings, portrait, wave, rate, face_out, face_store, conditions(portrait), note,
+                    f"{comment} face={i + 1}", label=f"face {i + 1} of {len(boxes)} at {box}: ", keep_store=True)
+            stores.append(face_store)
+            layers.append((face_out, box))
+        t0 = time.perf_counter()
+        n = compose_video(layers, photo, out, feather=a.feather, audio=(mix, rate), metadata={"comment": comment})
+        print(f"letstalk: wrote {out} ({n} frames, {len(boxes)} faces pasted into the {w}×{h} photo) in "
+              f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    finally:
+        for face_out, _ in layers:
+            face_out.unlink(missing_ok=True)
+    if store and not a.keep_resume_dir:
+        freed = sum(s.remove() for s in stores if s is not None)
+        store.remove()
+        print(f"letstalk: the video is complete; removed the resume clips from {store.folder} "
+              f"({freed / 2**20:.1f} MB freed)", file=sys.stderr)
+    print(out.resolve())
+    return 0
+
+
+def _render(a, gen, settings, image, waveform, rate, out: Path, store, conditions: dict, recipe_note: str,
+            comment: str, label: str = "", keep_store: bool = False) -> int:
+    """One face's run: ``image`` (the portrait) and ``waveform`` into the video ``out``, streamed clip by clip, with
+    the space checks, the resume folder ``store`` and the messages of a stopped run. Returns the frame count."""
+    import torch
+    from tqdm import tqdm
+
+    from .io.space import abandon_video, estimate_video_bytes, require_space, write_failed
+    from .loop import open_video, resume_bytes_per_clip
+
+    t0 = time.perf_counter()
+    prepared = gen.prepare(image, waveform, rate, size_mode=a.size_mode, **conditions)
     fp = gen.fingerprint(prepared, settings)
     state = store.load_state(fp) if store else None
     for warning in store.warnings if store else []:
@@ -195,11 +338,12 @@ def cmd_generate(a) -> int:
         require_space(store.folder, need_store, "resume clips", "Free some space or choose another --resume-dir.")
     kept = (f"The {done} clips finished before are kept in '{store.folder}'; the run continues from there."
             if store else "Use --resume-dir to keep finished clips when a run stops.")
-    source = "" if a.steps is not None and a.sampler is not None else f" ({recipe.source})"
-    print(f"letstalk: {prepared.audio_seconds:.2f} s of audio -> {prepared.num_frames} frames at {gen.config.video.fps:g} fps, "
-          f"{n_clips} clips of {gen.config.video.clip_frames} sharing {settings.overlap}, {steps} {sampler} steps{source}, "
+    source = recipe_note
+    print(f"letstalk: {label}{prepared.audio_seconds:.2f} s of audio -> {prepared.num_frames} frames at {gen.config.video.fps:g} fps, "
+          f"{n_clips} clips of {gen.config.video.clip_frames} sharing {settings.overlap}, {settings.steps} {settings.sampler} steps{source}, "
           f"device {gen.device}, {torch.get_num_threads()} threads"
           + (f"; resuming after clip {done}" if done else ""), file=sys.stderr)
+    steps = settings.steps
     bar = tqdm(total=n_clips * steps, initial=done * steps, unit="step", desc="clips", dynamic_ncols=True)
     share = CoreShare() if a.share_cores else None  # by default the pool is fixed: the result is exact
     current = {"clip": -1}
@@ -216,7 +360,7 @@ def cmd_generate(a) -> int:
     try:
         with run_threads(state.threads if state else None):
             writer = open_video(out, gen.config.video.fps, waveform, rate, settings.overlap, crf=a.crf,
-                                metadata={"comment": f"LetsTalk {checkpoint.name} seed={a.seed}"})
+                                metadata={"comment": comment})
             progress["written"] = 0
             if store:
                 for frames in store.stored_clips(done):
@@ -264,15 +408,18 @@ def cmd_generate(a) -> int:
     dt = time.perf_counter() - t0
     print(f"letstalk: wrote {out} ({prepared.num_frames} frames, {prepared.audio_seconds:.2f} s with sound) "
           f"in {dt:.1f} s ({dt / prepared.num_frames:.3f} s/frame)", file=sys.stderr)
-    if store and not a.keep_resume_dir:
+    if store and keep_store:
+        store.close()  # a conversation keeps each face's clips until the composed video is written
+    elif store and not a.keep_resume_dir:
         freed = store.remove()
         print(f"letstalk: the video is complete; removed the resume clips from {store.folder} "
               f"({freed / 2**20:.1f} MB freed)", file=sys.stderr)
     elif store:
         print(f"letstalk: the resume clips in {store.folder} are kept (--keep-resume-dir); they can be deleted",
               file=sys.stderr)
-    print(out.resolve())
-    return 0
+    return prepared.num_frames
+
+
 
 
 def _same_disk(a: Path, b: Path) -> bool:

@@ -4,7 +4,11 @@
 * ``assets/letstalk_demo_portrait.png`` — the demo person (64×64, as `letstalk demo`, seed 777001);
 * ``assets/letstalk_demo_speech.flac`` — 60 s of the demo's synthetic speech (16 kHz mono);
 * ``assets/letstalk_demo_photo.png`` — a 384×224 landscape "photo" with the same person off-centre
-  (face centre at 30 % / 45 %), for the face-crop-and-paste-back workflow.
+  (face centre at 30 % / 45 %), for the face-crop-and-paste-back workflow;
+* ``assets/letstalk_conversation_photo.png`` — a 448×224 "photo" of two other procedural people side by side
+  (seeds 777101 and 777202, never used in training), faces at the boxes :data:`CONVERSATION_BOXES`;
+* ``assets/letstalk_conversation_a.flac`` / ``_b.flac`` — their speech, taking turns: A speaks 0–6 s, B 5–11 s
+  (B's file starts with 5 s of silence), for the conversation workflow.
 
 Copy them into ComfyUI/input (the host tests upload them) to run the workflows as shipped.
 usage: python scripts/make_workflow_assets.py [--out assets] [--seconds 60]
@@ -18,6 +22,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 SEED = 777001  # the `letstalk demo` person and speech
+CONVERSATION_SEEDS = (777101, 777202)  # the two people of the conversation photo, and their voices
+CONVERSATION_BOXES = "57,39,185,167; 263,39,391,167"  # their faces in the photo (x0,y0,x1,y1, pixels)
+CONVERSATION_TURNS = ((0.0, 6.0), (5.0, 11.0))  # when each speaks, in seconds
 
 
 def write_flac(path: Path, wave, rate: int) -> None:
@@ -51,6 +58,30 @@ def photo(identity, width: int = 384, height: int = 224, face: int = 128, cx: fl
     return img
 
 
+def conversation_photo(identities, width: int = 448, height: int = 224, face: int = 128):
+    """Two people side by side on the backdrop, each rendered at ``face`` px at a box of CONVERSATION_BOXES."""
+    from letstalk_core.data.procedural import render_portrait
+
+    img = photo(identities[0], width, height, face, cx=0.27, cy=0.46)
+    x0, y0 = round(0.73 * width - face / 2), round(0.46 * height - face / 2)
+    img[y0:y0 + face, x0:x0 + face] = render_portrait(identities[1], face)
+    return img
+
+
+def conversation_tracks(rate: int = 16000):
+    """The two voices taking turns: track i is silence until its turn starts, then its speech."""
+    import numpy as np
+
+    from letstalk_core.data.procedural import sample_seeds
+    from letstalk_core.data.speech_synth import synthesize_speech
+
+    tracks = []
+    for seed, (start, stop) in zip(CONVERSATION_SEEDS, CONVERSATION_TURNS):
+        speech = synthesize_speech(stop - start, seed=sample_seeds(seed)["speech"], sample_rate=rate).waveform
+        tracks.append(np.concatenate([np.zeros(round(start * rate), np.float32), speech]))
+    return tracks
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "assets"))
@@ -69,6 +100,10 @@ def main() -> int:
     speech = synthesize_speech(a.seconds, seed=seeds["speech"], sample_rate=16000)
     write_flac(out / "letstalk_demo_speech.flac", speech.waveform, 16000)
     Image.fromarray(photo(ident)).save(out / "letstalk_demo_photo.png")
+    people = [sample_identity(sample_seeds(seed)["identity"]) for seed in CONVERSATION_SEEDS]
+    Image.fromarray(conversation_photo(people)).save(out / "letstalk_conversation_photo.png")
+    for name, wave in zip("ab", conversation_tracks()):
+        write_flac(out / f"letstalk_conversation_{name}.flac", wave, 16000)
     for p in sorted(out.iterdir()):
         print(p)
     return 0
