@@ -11,9 +11,10 @@ from . import host, routes
 host.register_folders()
 routes.register()
 
-from . import encode, face, loaders, memo, sampling  # noqa: E402  (after the folders exist: schemas list files)
+from . import conversation, encode, face, loaders, memo, sampling  # noqa: E402  (after the folders exist: schemas list files)
 
-NODES: list[type[io.ComfyNode]] = [*loaders.NODES, *memo.NODES, *encode.NODES, *sampling.NODES, *face.NODES]
+NODES: list[type[io.ComfyNode]] = [*loaders.NODES, *memo.NODES, *encode.NODES, *sampling.NODES, *face.NODES,
+                                   *conversation.NODES]
 
 
 class LetsTalkExtension(ComfyExtension):

@@ -38,44 +38,67 @@ class LetsTalkFaceCrop(io.ComfyNode):
                 io.Int.Input("size", default=64, min=32, max=2048, step=32,
                              tooltip="Side of the crop in pixels: the model's size (64 for the demo model, 512 for "
                                      "the paper's)."),
+                io.Int.Input("face_index", default=0, min=0, max=63, optional=True,
+                             tooltip="Which face, counted from the left (0 = the leftmost): for a photo of several "
+                                     "people, one Face Crop per person, each with its own index."),
+                io.String.Input("boxes", default="", optional=True,
+                                tooltip="manual: the faces' boxes by hand, 'x0,y0,x1,y1; x0,y0,x1,y1' in photo pixels "
+                                        "(square), picked by face_index in the order given (empty: the box above). "
+                                        "Another Face Crop's face_boxes output fits here."),
             ],
             outputs=[io.Image.Output("face", tooltip="The square face crop, size×size."),
-                     FaceBoxType.Output("face_box", tooltip="Where the crop came from, for LetsTalk Paste Back.")],
+                     FaceBoxType.Output("face_box", tooltip="Where the crop came from, for LetsTalk Paste Back."),
+                     io.Image.Output("faces", tooltip="Every face's crop, left to right (a batch of size×size)."),
+                     io.String.Output("face_boxes", tooltip="Every face's box, 'x0,y0,x1,y1; ...' left to right: for "
+                                                            "another Face Crop's boxes (detect once, crop each face).")],
         )
 
     @classmethod
-    def execute(cls, photo, detector, center_x, center_y, box_size, scale, size) -> io.NodeOutput:
-        import numpy as np
+    def execute(cls, photo, detector, center_x, center_y, box_size, scale, size, face_index=0,
+                boxes="") -> io.NodeOutput:
+        import torch
 
-        from ..letstalk_core.compose import crop_face, face_box, manual_box
-        from ..letstalk_core.io import tensor_to_uint8
+        from ..letstalk_core.compose import boxes_text, crop_face, face_box, face_boxes, manual_box, parse_boxes
 
         image = common.image_to_core(photo, "photo")[:1, :3]
         h, w = image.shape[-2:]
         if detector == "manual":
-            box = manual_box(center_x, center_y, box_size, w, h)
+            found = parse_boxes(boxes, w, h) if str(boxes or "").strip() else [manual_box(center_x, center_y, box_size, w, h)]
         elif detector == "whole image":
-            box = face_box([(0, 0, w, h, 1.0)], w, h, scale=1.0)
-        elif detector == "haar":
-            from ..letstalk_core.face import HaarDetector
-
-            try:
-                det = HaarDetector()
-            except ImportError as e:
-                raise ValueError("the haar detector needs OpenCV: pip install opencv-python-headless into ComfyUI's "
-                                 "Python, or use detector 'manual'.") from e
-            rgb = tensor_to_uint8(image[0])
-            box = face_box(det.detect(np.ascontiguousarray(rgb)), w, h, scale=scale)
-        elif detector == "scrfd (MEMO)":
-            rgb = tensor_to_uint8(image[0])
-            boxes = _scrfd().detect(np.ascontiguousarray(rgb))
-            if not boxes:
-                raise ValueError("SCRFD found no face in the photo: use detector 'manual' with a box around the head.")
-            box = face_box(boxes, w, h, scale=scale)
+            found = [face_box([(0, 0, w, h, 1.0)], w, h, scale=1.0)]
+        elif detector in ("haar", "scrfd (MEMO)"):
+            found = face_boxes(_detect(detector, image), w, h, scale=scale)
         else:
             raise ValueError(f"detector must be one of {DETECTORS}; got {detector!r}.")
-        face = crop_face(image, box, size)
-        return io.NodeOutput(common.core_to_image(face), box)
+        index = int(face_index or 0)
+        if index >= len(found):
+            raise ValueError(f"face_index is {index} but the photo has {len(found)} face box"
+                             f"{'es' if len(found) != 1 else ''} ({boxes_text(found)}); 0 is the leftmost.")
+        crops = torch.cat([crop_face(image, b, size) for b in found])
+        return io.NodeOutput(common.core_to_image(crops[index:index + 1]), found[index], common.core_to_image(crops),
+                             boxes_text(found))
+
+
+def _detect(detector: str, image):
+    """Every face a detector finds in the photo: ``[(x0, y0, x1, y1, score), ...]``."""
+    import numpy as np
+
+    from ..letstalk_core.io import tensor_to_uint8
+
+    rgb = np.ascontiguousarray(tensor_to_uint8(image[0]))
+    if detector == "haar":
+        from ..letstalk_core.face import HaarDetector
+
+        try:
+            det = HaarDetector()
+        except ImportError as e:
+            raise ValueError("the haar detector needs OpenCV: pip install opencv-python-headless into ComfyUI's "
+                             "Python, or use detector 'manual'.") from e
+        return det.detect(rgb)
+    found = _scrfd().detect(rgb)
+    if not found:
+        raise ValueError("SCRFD found no face in the photo: use detector 'manual' with a box around the head.")
+    return found
 
 
 def _scrfd():
@@ -109,11 +132,14 @@ class LetsTalkPasteBack(io.ComfyNode):
             display_name="LetsTalk Paste Back",
             category="LetsTalk/face",
             description="Puts generated face frames back into the photo at the crop's place, blended through a "
-                        "feathered edge; the rest of the photo stays exactly as it was. Takes either IMAGE frames "
-                        "(returns IMAGE) or a VIDEO (returns a VIDEO with its sound, streamed frame by frame: use "
-                        "it for long runs into large photos).",
+                        "feathered edge; the rest of the picture stays exactly as it was. Takes either IMAGE frames "
+                        "(returns IMAGE) or a VIDEO (returns a VIDEO, streamed frame by frame: use it for long runs "
+                        "into large photos). For a conversation, paste each face in turn: the first into the photo, "
+                        "the next into the first's video (connect it to 'background'); their sounds are mixed.",
             inputs=[
-                io.Image.Input("photo", tooltip="The photo the face was cropped from."),
+                io.Image.Input("photo", optional=True,
+                               tooltip="The photo the face was cropped from (or background frames, one per face "
+                                       "frame). Connect this or 'background'."),
                 FaceBoxType.Input("face_box", tooltip="From LetsTalk Face Crop on the same photo."),
                 io.Float.Input("feather", default=0.12, min=0.0, max=0.5, step=0.01,
                                tooltip="Width of the soft edge, as a fraction of the box side (0 = hard edge)."),
@@ -122,18 +148,26 @@ class LetsTalkPasteBack(io.ComfyNode):
                 io.Video.Input("video", optional=True,
                                tooltip="The generated video (e.g. Memory Bank Loop video): pasted frame by frame "
                                        "into a new video with the same sound, never all frames in memory."),
+                io.Video.Input("background", optional=True,
+                               tooltip="A video to paste into instead of the photo, e.g. the video of an earlier "
+                                       "Paste Back with another face of the same photo: faces are pasted one after "
+                                       "another, streamed, and a box that overlaps a face pasted before is refused."),
+                io.Combo.Input("sound", options=["mix", "face", "background"], default="mix", optional=True,
+                               tooltip="The video's sound: mix (the background video's and the face's, e.g. two "
+                                       "voices of a conversation), the face video's only, or the background's only."),
             ],
             outputs=[io.Image.Output("images", tooltip="The photo with the talking face, one per frame (empty when "
-                                                       "the input was a video)."),
-                     io.Video.Output("video", tooltip="The photo with the talking face as a video with the input "
-                                                      "video's sound (only when the input was a video).")],
+                                                       "the output is a video)."),
+                     io.Video.Output("video", tooltip="The picture with the talking face as a video (when the face "
+                                                      "or the background is a video).")],
         )
 
     @classmethod
-    def execute(cls, photo, face_box, feather, frames=None, video=None) -> io.NodeOutput:
+    def execute(cls, face_box, feather, photo=None, frames=None, video=None, background=None,
+                sound="mix") -> io.NodeOutput:
         import torch
 
-        from ..letstalk_core.compose import FaceBox, iter_paste_back, paste_back_bytes, paste_back_video
+        from ..letstalk_core.compose import FaceBox, compose_video, iter_paste_back, paste_back_bytes
         from ..letstalk_core.runtime import release_freed_memory
 
         if not isinstance(face_box, FaceBox):
@@ -141,21 +175,36 @@ class LetsTalkPasteBack(io.ComfyNode):
         if (frames is None) == (video is None):
             raise ValueError("connect exactly one of 'frames' (IMAGE) and 'video' (VIDEO): for long runs, the Memory "
                              "Bank Loop's video output.")
-        image = common.image_to_core(photo, "photo")[:1, :3]
-        if video is not None:
+        if (photo is None) == (background is None):
+            raise ValueError("connect exactly one of 'photo' (IMAGE: the photo the face was cropped from) and "
+                             "'background' (VIDEO: e.g. the video of an earlier Paste Back).")
+        if video is not None or background is not None:
             out = host.temp_file("letstalk_paste_back", ".mp4")
-            source = common.video_source(video)
+            sources = []
             try:
-                paste_back_video(source, out, image, face_box, feather=feather, should_stop=host.check_interrupt)
+                face = common.video_source(video) if video is not None else common.image_to_core(frames, "frames")[:, :3]
+                if video is not None:
+                    sources.append(face)
+                back = common.video_source(background, "background") if background is not None else \
+                    common.image_to_core(photo, "photo")[:, :3]
+                if background is not None:
+                    sources.append(back)
+                n = compose_video([(face, face_box)], back, out, feather=feather, should_stop=host.check_interrupt,
+                                  sound={"face": "faces"}.get(sound, sound))
             finally:
-                common.release_source(source)
+                for source in sources:
+                    common.release_source(source)
                 release_freed_memory()
             return io.NodeOutput(torch.zeros((0, face_box.height, face_box.width, 3)), common.video_output(out),
-                                 ui=common.done_ui("video pasted back"))
+                                 ui=common.done_ui(f"{n} frames pasted back"))
         n = frames.shape[0]
         common.check_host_memory(paste_back_bytes(n, face_box.width, face_box.height),
                                  f"{n} frames of {face_box.width}×{face_box.height}")
         faces = common.image_to_core(frames, "frames")[:, :3]
+        image = common.image_to_core(photo, "photo")[:, :3]
+        if image.shape[0] not in (1, n):
+            raise ValueError(f"'photo' holds {image.shape[0]} images and 'frames' {n}: give one photo, or one "
+                             "background frame per face frame.")
         out = torch.empty((n, face_box.height, face_box.width, 3), dtype=torch.float32)
         pos = 0
         for chunk in iter_paste_back(faces, image, face_box, feather=feather):

@@ -11,6 +11,7 @@ from .features import (
     mel_filterbank,
 )
 from .projector import AudioProjector, AudioProjectorConfig
+from .tracks import align_tracks, mix_tracks
 from .wav2vec2 import (
     WAV2VEC2_PRESETS,
     Wav2Vec2Config,
@@ -34,6 +35,8 @@ from .waveform import (
 from .windows import frame_windows, frame_windows_range
 
 __all__ = [
+    "align_tracks",
+    "mix_tracks",
     "as_fraction",
     "AudioProjector",
     "AudioProjectorConfig",

@@ -22,7 +22,7 @@ from tests.host.ui_to_api import ui_to_api
 
 NODE_IDS = ["LetsTalkModelLoader", "LetsTalkDCAELoader", "LetsTalkSpeechEncoderLoader", "LetsTalkAudioEncoder",
             "LetsTalkDCAEEncode", "LetsTalkDCAEDecode", "LetsTalkSampler", "LetsTalkMemoryBankLoop",
-            "LetsTalkFaceCrop", "LetsTalkPasteBack"]
+            "LetsTalkFaceCrop", "LetsTalkPasteBack", "LetsTalkConversationAudio"]
 WORKFLOWS = sorted((REPO / "workflows").glob("letstalk_*.json"))  # memo_*.json need MEMO files: tests/host/test_memo.py
 SPEECH = ASSETS / "letstalk_demo_speech.flac"
 
