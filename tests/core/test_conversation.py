@@ -154,3 +154,21 @@ def test_a_background_video_shorter_than_the_faces_or_another_size_is_refused(tm
         compose_video([(face, box), (_face_video(tmp_path / "g.mp4", _faces(20, 32, 2), fps=30),
                                      FaceBox(100, 16, 148, 64, 200, 96))], _photo(), tmp_path / "x.mp4")
     assert not (tmp_path / "x.mp4").exists()
+
+
+def test_image_frames_paste_one_face_after_another():
+    """The IMAGE path of Paste Back: the second face pasted into the first paste's frames keeps the first face, and
+    outside both boxes the photo's pixels are exact."""
+    from letstalk_core.compose import paste_back
+
+    photo = _photo()
+    first, second = parse_boxes("8,16,56,64; 100,16,148,64", 200, 96)
+    one = paste_back(_faces(6, 32, 1), photo, first, feather=0.1)
+    two = paste_back(_faces(6, 32, 2), one, second, feather=0.1)
+    assert torch.equal(two[:, :, :, :80], one[:, :, :, :80])  # face 1 untouched
+    outside = torch.ones(96, 200, dtype=torch.bool)
+    for b in (first, second):
+        outside[b.y0:b.y1, b.x0:b.x1] = False
+    assert torch.equal(two[:, :, outside], photo.expand(6, -1, -1, -1)[:, :, outside])
+    with pytest.raises(ValueError, match="one photo .* or one frame per face frame"):
+        paste_back(_faces(5, 32, 2), one, second)

@@ -207,3 +207,46 @@ def test_memory_stays_flat_from_10_to_60_seconds(tmp_path, capsys):
         print(f"\ntwo faces: peak RSS {peaks[10] / 2**20:.0f} MiB at 10 s, {peaks[60] / 2**20:.0f} MiB at 60 s "
               f"({ratio:.3f})")
     assert ratio <= 1.10
+
+
+class _FakeHaar:
+    """Stands in for OpenCV's detector (not installed here): the tiles of the photo, right to left."""
+
+    boxes: list = []
+
+    def __init__(self, **_):
+        pass
+
+    def detect(self, frame):
+        return [(x0, y0, x1, y1, 1.0) for x0, y0, x1, y1 in reversed(self.boxes)]
+
+
+def test_faces_found_by_a_detector_are_taken_left_to_right(tmp_path, monkeypatch, capsys):
+    import letstalk_core.face as face
+
+    photo, boxes = _photo(2, 448)
+    monkeypatch.setattr(face, "HaarDetector", type("Haar", (_FakeHaar,), {"boxes": boxes}))
+    waves = [_track(0, 0, 1, 2)[0], _track(1, 1, 2, 2)[0]]
+    args = _generate(tmp_path, photo, boxes, waves, tmp_path / "found.mp4", "--face-scale", "1.0")
+    args[args.index("--face") + 1] = "haar"
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "2 faces found, left to right: 48,40,176,168; 272,40,400,168" in err, err
+    assert probe_video(tmp_path / "found.mp4").frame_count == 50
+    monkeypatch.setattr(face, "HaarDetector", type("Haar", (_FakeHaar,), {"boxes": boxes + [(0, 0, 40, 40)]}))
+    assert main(args) == 2
+    assert "3 faces found (0,0,40,40; 48,40,176,168; 272,40,400,168) but 2 speech tracks" in capsys.readouterr().err
+
+
+def test_finding_faces_without_opencv_says_what_to_do(tmp_path, capsys):
+    try:
+        import cv2  # noqa: F401
+        pytest.skip("OpenCV is installed here")
+    except ImportError:
+        pass
+    photo, boxes = _photo(2, 448)
+    args = _generate(tmp_path, photo, boxes, [np.zeros(RATE, np.float32)] * 2, tmp_path / "x.mp4")
+    del args[args.index("--face"):args.index("--face") + 2]  # several tracks, no --face: the default detector
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "needs OpenCV (pip install opencv-python-headless)" in err and "--face \"x0,y0,x1,y1" in err, err
