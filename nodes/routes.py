@@ -1,4 +1,5 @@
 """HTTP route for the web extension: ``GET /letstalk/plan?audio=<Load Audio value>&ckpt=<checkpoint>&overlap=<m>``
+(``audio`` repeated for the tracks of a Conversation Audio node: the plan of the longest)
 → the plan of a Memory Bank Loop run (seconds, fps, frames, clips) before anything runs."""
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ def read_config(ckpt_path: str):
     return LetsTalkConfig.from_json(meta[CONFIG_KEY])
 
 
-def plan(audio_path: str, ckpt_path: str | None, overlap: int = 0, memo_fps: float | None = None) -> dict:
-    """The clip plan of a loop run: for a LetsTalk checkpoint, or (``memo_fps``) for MEMO at that fps."""
+def plan(audio_path, ckpt_path: str | None, overlap: int = 0, memo_fps: float | None = None) -> dict:
+    """The clip plan of a loop run: for a LetsTalk checkpoint, or (``memo_fps``) for MEMO at that fps. ``audio_path``
+    may be a list: the tracks of a Conversation Audio node, whose loops run for the longest of them."""
     from ..letstalk_core.audio import frame_count, silence_warning
     from ..letstalk_core.io import read_audio
     from ..letstalk_core.loop import max_overlap, plan_clips
@@ -32,10 +34,11 @@ def plan(audio_path: str, ckpt_path: str | None, overlap: int = 0, memo_fps: flo
         config = MemoConfig(video=MemoVideo(fps=float(memo_fps)))
     else:
         config = read_config(ckpt_path)
-    audio = read_audio(audio_path)
+    tracks = [read_audio(p) for p in ([audio_path] if isinstance(audio_path, str) else audio_path)]
+    audio = max(tracks, key=lambda t: t.waveform.shape[-1] / t.rate)  # the others are padded to it
     wave, rate = audio.waveform, audio.rate
     warnings = [w for w in (audio.shortfall(), silence_warning(wave, "The audio")) if w]
-    frames = frame_count(int(wave.shape[-1]), rate, config.video.fps)
+    frames = max(frame_count(int(t.waveform.shape[-1]), t.rate, config.video.fps) for t in tracks)
     clips = plan_clips(frames, config.video.clip_frames, overlap)
     return {"seconds": wave.shape[-1] / rate, "samples": int(wave.shape[-1]), "sample_rate": rate,
             "fps": float(config.video.fps), "frames": frames, "clips": len(clips),
@@ -112,16 +115,18 @@ def _add_route(server, web) -> None:
 
         from . import host
 
-        audio = request.query.get("audio", "")
+        audios = request.query.getall("audio", [])  # several: a Conversation Audio node's tracks
         ckpt = request.query.get("ckpt", "") or host.DEMO_MODEL
         try:
             try:
                 overlap = int(request.query.get("overlap", "0") or 0)
             except ValueError:
                 raise ValueError(f"overlap must be a whole number of frames, got {request.query.get('overlap')!r}") from None
-            if not audio or not folder_paths.exists_annotated_filepath(audio):
-                return web.json_response({"error": f"audio file '{audio}' not found in the input folder"}, status=404)
-            audio_path = folder_paths.get_annotated_filepath(audio)
+            for name in audios or [""]:
+                if not name or not folder_paths.exists_annotated_filepath(name):
+                    return web.json_response({"error": f"audio file '{name}' not found in the input folder"}, status=404)
+            paths = [folder_paths.get_annotated_filepath(name) for name in audios]
+            audio_path = paths[0] if len(paths) == 1 else paths
             memo_fps = request.query.get("memo_fps", "")
             if memo_fps:
                 try:

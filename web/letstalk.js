@@ -23,12 +23,24 @@ function widgetValue(node, name) {
   return node?.widgets?.find((w) => w.name === name)?.value;
 }
 
-// The audio file and checkpoint the loop will use, when they come straight from Load Audio and the
-// LetsTalk Model Loader (other sources: no plan until the run reports it).
-function planKey(node) {
+// The audio file(s) and checkpoint the loop will use, when they come straight from Load Audio (or through a
+// Conversation Audio node: its tracks, padded to the longest) and the LetsTalk Model Loader (other sources:
+// no plan until the run reports it).
+function audioFiles(node) {
   const audioNode = upstream(node, "audio");
-  const modelNode = upstream(node, "model");
+  if (audioNode?.type === "LetsTalkConversationAudio") {
+    const files = ["audio_1", "audio_2", "audio_3", "audio_4"]
+      .map((n) => widgetValue(upstream(audioNode, n), "audio")).filter((v) => v != null && v !== "");
+    return files.length ? files.map(String) : null;
+  }
   const audio = widgetValue(audioNode, "audio");
+  return audio ? [String(audio)] : null;
+}
+
+function planKey(node) {
+  const modelNode = upstream(node, "model");
+  const files = audioFiles(node);
+  const audio = files ? files.map((f) => `audio=${encodeURIComponent(f)}`).join("&") : null;
   const ckpt = widgetValue(modelNode, "ckpt_name") ?? "";
   const overlap = Number(widgetValue(node, "overlap") ?? 0);
   // LetsTalk MEMO Loader: MEMO's clips (16 frames, 16 past frames) at the loader's fps.
@@ -36,7 +48,7 @@ function planKey(node) {
   // ... and its memory plan (the loader's folder, size, weight dtype, tier and state dtype).
   const memo = memoFps ? ["memo_folder", "size", "weight_dtype", "memory_tier", "state_dtype"]
     .map((w) => `&${w}=${encodeURIComponent(widgetValue(modelNode, w) ?? "")}`).join("") : "";
-  return audio ? { audio: String(audio), ckpt: String(ckpt), overlap, memoFps, memo } : null;
+  return audio ? { audio, ckpt: String(ckpt), overlap, memoFps, memo } : null;
 }
 
 function formatPlan(p) {
@@ -127,7 +139,7 @@ async function refreshPlan(node) {
   }
   setText(node, "planEl", "plan: reading audio…");
   try {
-    const res = await api.fetchApi(`/letstalk/plan?audio=${encodeURIComponent(key.audio)}&ckpt=${encodeURIComponent(key.ckpt)}` +
+    const res = await api.fetchApi(`/letstalk/plan?${key.audio}&ckpt=${encodeURIComponent(key.ckpt)}` +
       `&overlap=${encodeURIComponent(key.overlap)}` + (key.memoFps ? `&memo_fps=${encodeURIComponent(key.memoFps)}${key.memo}` : ""));
     const body = await res.json();
     if (state.key !== k) return; // changed while we waited

@@ -49,6 +49,9 @@ def _graph(object_info, comfy, tmp_path, photo, boxes, waves, name):
 def test_the_shipped_conversation_workflow(comfy, object_info):
     api = load_api("conversation", object_info)
     assert [n["inputs"]["face_index"] for n in _nodes(api, "LetsTalkFaceCrop")] == [0, 1]
+    plan = comfy.get("/letstalk/plan?audio=letstalk_conversation_a.flac&audio=letstalk_conversation_b.flac")
+    assert plan["frames"] == 275 and abs(plan["seconds"] - 11.0) < 1e-3, plan  # the longest track (b)
+    assert comfy.get("/letstalk/plan?audio=letstalk_conversation_a.flac")["frames"] == 150
     path = _video(comfy, comfy.wait(comfy.queue(api), timeout=900))
     info = probe_video(path)
     assert (info.frame_count, info.width, info.height, info.has_audio) == (275, 448, 224, True)  # 11 s at 25 fps

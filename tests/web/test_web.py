@@ -118,3 +118,20 @@ def test_plan_and_progress_display(comfy, browser_ready):
         page.wait_for_function("""() => { const n = window.app.graph._nodes.find(n => n.type === 'LetsTalkMemoryBankLoop');
                                    return /^done/.test(n.letstalk.runEl.textContent); }""", timeout=600000)
         print(f"plan: {plan}\nwhile running: {running}\nscreenshots in {SHOTS}")
+
+
+def test_the_plan_of_a_conversation_loop_is_that_of_the_longest_track(comfy, browser_ready):
+    """Loops fed by Conversation Audio show the plan for its longest track (the others are padded to it)."""
+    samples = max(audio_samples(ASSETS / f"letstalk_conversation_{k}.flac")[0] for k in "ab")
+    rate = audio_samples(ASSETS / "letstalk_conversation_b.flac")[1]
+    frames = math.ceil(samples * 25 / rate)
+    with comfy_page(comfy.base) as page:
+        page.evaluate("async (ui) => { await window.app.loadGraphData(ui); }",
+                      json.loads((REPO / "workflows" / "conversation.json").read_text()))
+        page.wait_for_function("""() => { const ns = window.app.graph._nodes.filter(n => n.type === 'LetsTalkMemoryBankLoop');
+                                   return ns.length === 2 && ns.every(n => n.letstalk && /frames/.test(n.letstalk.planEl.textContent)); }""",
+                               timeout=30000)
+        plans = page.evaluate("""() => window.app.graph._nodes.filter(n => n.type === 'LetsTalkMemoryBankLoop')
+                                   .map(n => n.letstalk.planEl.textContent)""")
+        page.screenshot(path=str(SHOTS / "letstalk_conversation_plan.png"))
+    assert len(plans) == 2 and all(f"{frames} frames" in p and f"{samples / rate:.2f} s at 25 fps" in p for p in plans), plans
