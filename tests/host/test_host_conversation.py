@@ -113,6 +113,10 @@ def test_two_faces_in_flat_memory_from_10_to_60_seconds(object_info, tmp_path):
     try:
         photo, boxes = _photo(2, 448)
         peaks = {}
+        # a short run first: the server's first prompt makes its one-time allocations (model load, kernels), which
+        # would otherwise count against the 10 s run only (measured: 888 MiB cold against 906-941 MiB warm)
+        warm = _graph(object_info, comfy, tmp_path, photo, boxes, [_track(0, 0, 2, 2)[0], _track(1, 1, 2, 2)[0]], "warm")
+        _video(comfy, comfy.wait(comfy.queue(warm), timeout=600))
         for seconds in (10, 60):
             half = seconds / 2
             waves = [_track(0, 0, half + 1, seconds)[0], _track(1, half - 1, seconds, seconds)[0]]
