@@ -302,6 +302,8 @@ def _conversation(a, gen, settings, image, boxes, tracks, out: Path, store, cond
         store.remove()
         print(f"letstalk: the video is complete; removed the resume clips from {store.folder} "
               f"({freed / 2**20:.1f} MB freed)", file=sys.stderr)
+    elif store:
+        store.close()
     print(out.resolve())
     return 0
 

@@ -250,3 +250,34 @@ def test_finding_faces_without_opencv_says_what_to_do(tmp_path, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "needs OpenCV (pip install opencv-python-headless)" in err and "--face \"x0,y0,x1,y1" in err, err
+
+
+def test_a_conversation_resumes_from_each_faces_clips(tmp_path, capsys):
+    """--resume-dir keeps each face's clips in its own subfolder until the composed video is written. A rerun over
+    the folder replays face 1 from its clips; face 2's folder, missing clips, is started afresh with a warning
+    (a broken folder never gives a wrong video); the video is the same, frame for frame."""
+    import shutil
+
+    from tests.core.helpers import assert_same_video
+
+    photo, boxes = _photo(2, 448)
+    waves = [_track(0, 0, 2, 3)[0], _track(1, 1, 3, 3)[0]]
+    run = tmp_path / "run"
+    full = _generate(tmp_path, photo, boxes, waves, tmp_path / "full.mp4", "--resume-dir", str(run),
+                     "--keep-resume-dir")
+    assert main(full) == 0
+    assert sorted(p.name for p in run.iterdir() if p.is_dir()) == ["face_1", "face_2"]
+    clips = sorted((run / "face_2").glob("clip_*.npy"))
+    assert len(clips) > 3
+    for extra in clips[3:]:  # face 2's folder loses clips its state says are there
+        extra.unlink()
+    partial = tmp_path / "partial"
+    shutil.copytree(run, partial)
+    capsys.readouterr()
+    again = _generate(tmp_path, photo, boxes, waves, tmp_path / "again.mp4", "--resume-dir", str(partial))
+    assert main(again) == 0
+    err = capsys.readouterr().err
+    assert "face 1 of 2" in err and "resuming after clip 6" in err, err  # face 1: every clip replayed
+    assert "could not be used" in err and "starting afresh" in err, err  # face 2
+    assert_same_video(tmp_path / "full.mp4", tmp_path / "again.mp4")
+    assert not partial.exists() or not any(partial.rglob("clip_*.npy"))  # removed once the video is complete
