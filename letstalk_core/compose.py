@@ -221,12 +221,9 @@ def paste_back(frames: torch.Tensor, image: torch.Tensor, box: FaceBox, *, feath
 # ------------------------------------------------------------------------------------------------
 # Streaming: face videos into a photo or a video
 # ------------------------------------------------------------------------------------------------
-def _as_float(pixels) -> torch.Tensor:
-    return torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1
-
-
 def _chunks(source, chunk: int) -> Iterator[torch.Tensor]:
     """``[k, 3, H, W]`` float chunks of a video file or of a frames tensor, ``chunk`` frames each (the last fewer)."""
+    from .io.image import uint8_to_tensor
     from .io.video import iter_video_chunks
 
     if isinstance(source, torch.Tensor):
@@ -234,7 +231,7 @@ def _chunks(source, chunk: int) -> Iterator[torch.Tensor]:
             yield source[i:i + chunk].float()
     else:
         for pixels in iter_video_chunks(source, chunk):
-            yield _as_float(pixels)
+            yield uint8_to_tensor(pixels)
 
 
 def _faces_in(metadata: dict) -> list[list[int]]:

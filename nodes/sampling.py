@@ -174,6 +174,7 @@ class LetsTalkMemoryBankLoop(io.ComfyNode):
                 speech_encoder=None) -> io.NodeOutput:
         import torch
 
+        from ..letstalk_core.io import uint8_to_tensor
         from ..letstalk_core.resume import ClipStore
         from ..letstalk_core.runtime import release_freed_memory, run_threads
 
@@ -239,7 +240,7 @@ class LetsTalkMemoryBankLoop(io.ComfyNode):
         try:
             threads.__enter__()
             for clip, frames in zip(plan[:done], store.stored_clips(done) if store else []):
-                sink.write(clip.start, torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1)
+                sink.write(clip.start, uint8_to_tensor(frames))
             progress.skip(done * settings.steps)
             clips = gen.iter_clips(prepared, settings, state=state, on_step=on_step,
                                    replay=store.replay(state) if store else None)

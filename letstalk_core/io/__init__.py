@@ -11,6 +11,7 @@ from .image import (
     load_image,
     prepare_portrait_image,
     tensor_to_uint8,
+    uint8_to_tensor,
 )
 from .space import (
     WriteFailed,
@@ -52,6 +53,7 @@ __all__ = [
     "require_space",
     "save_wav",
     "tensor_to_uint8",
+    "uint8_to_tensor",
     "VideoInfo",
     "VideoWriter",
     "write_failed",

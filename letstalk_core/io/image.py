@@ -142,6 +142,15 @@ def image_to_tensor(image, *, background=WHITE) -> torch.Tensor:
     return _unit_hwc_to_tensor(unit)
 
 
+def uint8_to_tensor(pixels) -> torch.Tensor:
+    """uint8 frames ``[N, H, W, 3]`` (numpy or torch) → core ``[N, 3, H, W]`` float32 in [-1, 1]: the inverse of
+    :func:`tensor_to_uint8` (each level ``v`` maps to ``v / 127.5 - 1``, so a round trip is exact)."""
+    t = torch.from_numpy(np.asarray(pixels)) if not isinstance(pixels, torch.Tensor) else pixels
+    if t.dtype != torch.uint8 or t.ndim != 4 or t.shape[-1] != 3:
+        raise ValueError(f"pixels must be uint8 [N, H, W, 3]; got {t.dtype} {tuple(t.shape)}.")
+    return t.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
 def tensor_to_uint8(frames: torch.Tensor) -> np.ndarray:
     """Convert core frames ``[N, 3, H, W]`` (or one ``[3, H, W]``) in [-1, 1] to uint8 ``[N, H, W, 3]``.
 

@@ -25,7 +25,7 @@ import torch
 
 from ..validation import require_file
 from .audio_file import _open, as_channels_first
-from .image import tensor_to_uint8
+from .image import tensor_to_uint8, uint8_to_tensor
 
 #: Encoders tried, in order, by ``codec="auto"``: H.264 through x264, then any other H.264 encoder
 #: FFmpeg has (OpenH264, hardware wrappers), then MPEG-4 part 2, which every FFmpeg build carries.
@@ -359,8 +359,7 @@ def read_video_frames(path, *, start: int = 0, count: int | None = None) -> torc
                 images.append(torch.from_numpy(frame.to_ndarray(format="rgb24")))
     if not images:
         raise ValueError(f"'{p}' has no frames in the range start={start}, count={count}.")
-    pixels = torch.stack(images).permute(0, 3, 1, 2).float()
-    return pixels / 127.5 - 1.0
+    return uint8_to_tensor(torch.stack(images))
 
 
 def iter_video_chunks(path, chunk: int = 256) -> Iterator[np.ndarray]:

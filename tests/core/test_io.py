@@ -388,3 +388,15 @@ def test_the_same_frames_give_the_same_bytes_after_decoding_other_videos(tmp_pat
         digests.add(_encode_small(tmp_path / "v.mp4", frames))
         read_video_frames(other)
     assert len(digests) == 1, f"{len(digests)} different files from the same frames"
+
+
+def test_uint8_to_tensor_is_the_exact_inverse_of_tensor_to_uint8():
+    from letstalk_core.io import uint8_to_tensor
+
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 5, 7, 3), dtype=np.uint8)
+    frames = uint8_to_tensor(pixels)
+    assert frames.shape == (3, 3, 5, 7) and frames.dtype == torch.float32
+    assert float(frames.min()) >= -1 and float(frames.max()) <= 1
+    assert np.array_equal(tensor_to_uint8(frames), pixels)
+    with pytest.raises(ValueError, match="uint8"):
+        uint8_to_tensor(pixels.astype(np.float32))
