@@ -19,6 +19,7 @@ Images here follow the core contract: float ``[N, 3, H, W]`` in ``[-1, 1]``.
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -235,8 +236,6 @@ def _chunks(source, chunk: int) -> Iterator[torch.Tensor]:
 
 
 def _faces_in(metadata: dict) -> list[list[int]]:
-    import json
-
     try:
         boxes = json.loads(metadata.get(FACES_TAG, "[]"))
         return [[int(v) for v in b] for b in boxes if len(b) == 4]
@@ -248,11 +247,10 @@ class _Source:
     """A face layer or the background: a video file (probed, not decoded) or frames in memory."""
 
     def __init__(self, source, name: str):
-        from .io.audio_file import load_audio
         from .io.video import probe_video
 
-        self.source, self.name = source, name
-        self.fps, self.metadata, self.audio = None, {}, None
+        self.source = source
+        self.fps, self.metadata, self.has_audio = None, {}, False
         if isinstance(source, torch.Tensor):
             require_tensor(source, name, ndim=4)
             if source.shape[1] != 3:
@@ -261,18 +259,23 @@ class _Source:
         else:
             info = probe_video(source, decode=False)  # the frames are decoded once, while composing
             self.frames, self.height, self.width = info.frame_count, info.height, info.width
-            self.fps, self.metadata = info.fps, dict(info.metadata)
-            self.audio = load_audio(source) if info.has_audio else None
+            self.fps, self.metadata, self.has_audio = info.fps, dict(info.metadata), info.has_audio
+
+    def sound(self):
+        """``(waveform, rate)`` of the video's sound, decoded only when the composed video takes it."""
+        from .io.audio_file import load_audio
+
+        return load_audio(self.source)
 
 
-def _sound(sound: str, background: _Source | None, layers: list[_Source]):
+def _sound(sound: str, background: _Source, layers: list[_Source]):
     """The composed video's sound: ``(waveform, rate)`` or ``(None, None)``."""
     from .audio.tracks import align_tracks, mix_tracks
 
     if sound not in SOUNDS:
         raise ValueError(f"sound must be one of {SOUNDS}; got {sound!r}.")
     picked = {"mix": [background, *layers], "faces": layers, "background": [background], "none": []}[sound]
-    tracks = [s.audio for s in picked if s is not None and s.audio is not None]
+    tracks = [s.sound() for s in picked if s.has_audio]
     if not tracks:
         return None, None
     waves, rate = align_tracks(tracks)
@@ -324,7 +327,7 @@ def compose_video(layers: Sequence[tuple[object, FaceBox]], background, destinat
     if len(rates) > 1:
         raise ValueError(f"the videos have different frame rates ({', '.join(f'{r:g}' for r in sorted(rates))} fps); "
                          "make them at one rate.")
-    rate = next(iter([s.fps for s in (back, *faces) if s.fps is not None]), None) or fps
+    rate = next((s.fps for s in (back, *faces) if s.fps is not None), fps)
     if rate is None:
         raise ValueError("give the frame rate (fps): no input is a video.")
     total = max(f.frames for f in faces)
@@ -344,8 +347,6 @@ def compose_video(layers: Sequence[tuple[object, FaceBox]], background, destinat
     require_space(out.parent, need, "composed video", "Free some space on that disk (for ComfyUI: its temp "
                   "folder's disk, or start it with --temp-directory on a larger one).")
     pasted = [[b.x0, b.y0, b.x1, b.y1] for b in before + boxes]
-    import json
-
     carried = {k: v for f in faces for k, v in f.metadata.items()}  # e.g. the loop's overlap tag, for `letstalk eval`
     tags = {**carried, **back.metadata, **(metadata or {}), FACES_TAG: json.dumps(pasted)}
     masks = [feather_mask(b.side, feather) for b in boxes]
