@@ -211,31 +211,12 @@ def _faces_for(a, image, checkpoint):
     """The face boxes of a conversation, one per ``--audio``: given by hand (``--face "x0,y0,x1,y1; ..."``) in the
     order given, or found by a detector (``--face haar|scrfd``, default: SCRFD for a MEMO folder, else Haar) and
     taken left to right. Overlapping boxes are refused."""
-    from .compose import boxes_text, face_boxes, parse_boxes, require_apart
-    from .io.image import tensor_to_uint8
+    from .compose import boxes_text, find_faces, parse_boxes, require_apart
 
     h, w = image.shape[-2:]
     spec = (a.face or ("scrfd" if checkpoint.is_dir() else "haar")).strip()
     if spec in ("haar", "scrfd"):
-        import numpy as np
-
-        rgb = np.ascontiguousarray(tensor_to_uint8(image[0] if image.ndim == 4 else image))
-        if spec == "haar":
-            from .face import HaarDetector
-
-            try:
-                detector = HaarDetector()
-            except ImportError as e:
-                raise ValueError("finding faces with --face haar needs OpenCV (pip install opencv-python-headless); "
-                                 "or give the boxes: --face \"x0,y0,x1,y1; x0,y0,x1,y1\" (photo pixels).") from e
-        else:
-            from .face import ScrfdDetector
-
-            if not checkpoint.is_dir():
-                raise ValueError("--face scrfd uses the SCRFD detector of a MEMO folder; give --checkpoint <MEMO folder>, "
-                                 "--face haar, or the boxes by hand.")
-            detector = ScrfdDetector.from_folder(checkpoint)
-        boxes = face_boxes(detector.detect(rgb), w, h, scale=a.face_scale)
+        boxes = find_faces(_detector(spec, checkpoint), image, scale=a.face_scale)
         print(f"letstalk: {len(boxes)} faces found, left to right: {boxes_text(boxes)}", file=sys.stderr)
         if len(boxes) < len(a.audio):
             raise ValueError(f"{len(a.audio)} speech tracks but {len(boxes)} faces found ({boxes_text(boxes)}); "
@@ -251,6 +232,24 @@ def _faces_for(a, image, checkpoint):
                              "box per track, in the same order.")
     require_apart(boxes)
     return boxes
+
+
+def _detector(spec: str, checkpoint: Path):
+    """``--face haar`` (OpenCV's) or ``--face scrfd`` (the MEMO folder's)."""
+    if spec == "haar":
+        from .face import HaarDetector
+
+        try:
+            return HaarDetector()
+        except ImportError as e:
+            raise ValueError("finding faces with --face haar needs OpenCV (pip install opencv-python-headless); "
+                             "or give the boxes: --face \"x0,y0,x1,y1; x0,y0,x1,y1\" (photo pixels).") from e
+    from .face import ScrfdDetector
+
+    if not checkpoint.is_dir():
+        raise ValueError("--face scrfd uses the SCRFD detector of a MEMO folder; give --checkpoint <MEMO folder>, "
+                         "--face haar, or the boxes by hand.")
+    return ScrfdDetector.from_folder(checkpoint)
 
 
 def _conversation(a, gen, settings, image, boxes, tracks, out: Path, store, conditions, note: str,

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from .face.crop import Box, crop_and_resize, crop_box_for_video
 from .validation import require_finite, require_tensor
 
-__all__ = ["FACES_TAG", "FaceBox", "face_box", "face_boxes", "manual_box", "parse_boxes", "boxes_text",
+__all__ = ["FACES_TAG", "FaceBox", "face_box", "face_boxes", "find_faces", "manual_box", "parse_boxes", "boxes_text",
            "require_apart", "crop_face", "feather_mask", "paste_back", "iter_paste_back", "paste_back_bytes",
            "paste_back_video", "compose_video", "SOUNDS"]
 
@@ -92,6 +92,16 @@ def face_boxes(boxes: Sequence[Box], width: int, height: int, *, scale: float = 
         x0, y0, x1, y1 = crop_box_for_video([[b]], (width, height), scale=scale, square=True, source="the photo")
         out.append(FaceBox(x0, y0, x1, y1, width, height))
     return sorted(out, key=lambda f: (f.x0 + f.x1, f.y0 + f.y1))
+
+
+def find_faces(detector, image: torch.Tensor, *, scale: float = 1.6) -> list[FaceBox]:
+    """Every face ``detector`` (a :class:`~letstalk_core.face.crop.FaceDetector`) finds in the photo ``[1, 3, H, W]``
+    or ``[3, H, W]``, as square crops left to right (:func:`face_boxes`)."""
+    from .io.image import tensor_to_uint8
+
+    photo = image[0] if image.ndim == 4 else image
+    height, width = photo.shape[-2:]
+    return face_boxes(detector.detect(tensor_to_uint8(photo)), width, height, scale=scale)
 
 
 def parse_boxes(text: str, width: int, height: int) -> list[FaceBox]:

@@ -58,7 +58,7 @@ class LetsTalkFaceCrop(io.ComfyNode):
                 boxes="") -> io.NodeOutput:
         import torch
 
-        from ..letstalk_core.compose import boxes_text, crop_face, face_box, face_boxes, manual_box, parse_boxes
+        from ..letstalk_core.compose import boxes_text, crop_face, face_box, find_faces, manual_box, parse_boxes
 
         image = common.image_to_core(photo, "photo")[:1, :3]
         h, w = image.shape[-2:]
@@ -67,7 +67,7 @@ class LetsTalkFaceCrop(io.ComfyNode):
         elif detector == "whole image":
             found = [face_box([(0, 0, w, h, 1.0)], w, h, scale=1.0)]
         elif detector in ("haar", "scrfd (MEMO)"):
-            found = face_boxes(_detect(detector, image), w, h, scale=scale)
+            found = find_faces(_detector(detector), image, scale=scale)
         else:
             raise ValueError(f"detector must be one of {DETECTORS}; got {detector!r}.")
         index = int(face_index or 0)
@@ -79,26 +79,17 @@ class LetsTalkFaceCrop(io.ComfyNode):
                              boxes_text(found))
 
 
-def _detect(detector: str, image):
-    """Every face a detector finds in the photo: ``[(x0, y0, x1, y1, score), ...]``."""
-    import numpy as np
-
-    from ..letstalk_core.io import tensor_to_uint8
-
-    rgb = np.ascontiguousarray(tensor_to_uint8(image[0]))
+def _detector(detector: str):
+    """The face detector named in the Face Crop node: OpenCV's Haar cascade, or MEMO's SCRFD."""
     if detector == "haar":
         from ..letstalk_core.face import HaarDetector
 
         try:
-            det = HaarDetector()
+            return HaarDetector()
         except ImportError as e:
             raise ValueError("the haar detector needs OpenCV: pip install opencv-python-headless into ComfyUI's "
                              "Python, or use detector 'manual'.") from e
-        return det.detect(rgb)
-    found = _scrfd().detect(rgb)
-    if not found:
-        raise ValueError("SCRFD found no face in the photo: use detector 'manual' with a box around the head.")
-    return found
+    return _scrfd()
 
 
 def _scrfd():
