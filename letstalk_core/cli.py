@@ -260,24 +260,22 @@ def _conversation(a, gen, settings, image, boxes, tracks, out: Path, store, cond
     are streamed into the photo in one pass with the tracks' mix as the sound (:func:`compose.compose_video`),
     and the face videos are removed."""
     from .audio.tracks import align_tracks, mix_tracks
+    from .audio.waveform import frame_count
     from .compose import compose_video, crop_face
     from .io.space import estimate_video_bytes, require_space
     from .resume import ClipStore
 
     waves, rate = align_tracks(tracks)
     mix = mix_tracks(waves)
+    seconds = mix.shape[-1] / rate
     photo = image[None] if image.ndim == 3 else image
     h, w = photo.shape[-2:]
-    fps = float(gen.config.video.fps)
-    from .audio.waveform import frame_count
-
-    frames = frame_count(mix.shape[-1], rate, fps)
-    need = estimate_video_bytes(frames, w, h, audio_seconds=mix.shape[-1] / rate, audio_channels=mix.shape[0],
-                                crf=a.crf) + len(boxes) * estimate_video_bytes(frames, side, side,
-                                                                               audio_seconds=mix.shape[-1] / rate)
+    frames = frame_count(mix.shape[-1], rate, gen.config.video.fps)
+    need = (estimate_video_bytes(frames, w, h, audio_seconds=seconds, audio_channels=mix.shape[0], crf=a.crf)
+            + len(boxes) * estimate_video_bytes(frames, side, side, audio_seconds=seconds, crf=a.crf))
     require_space(out.parent, need, "conversation (each face's video, then the composed one)",
                   "Free some space or choose another --out.")
-    print(f"letstalk: a conversation of {len(boxes)} faces, {mix.shape[-1] / rate:.2f} s (the longest track; the others "
+    print(f"letstalk: a conversation of {len(boxes)} faces, {seconds:.2f} s (the longest track; the others "
           "are padded with silence, so those faces listen)", file=sys.stderr)
     layers, stores = [], []
     try:
@@ -287,7 +285,8 @@ def _conversation(a, gen, settings, image, boxes, tracks, out: Path, store, cond
             face_store = ClipStore(store.folder / f"face_{i + 1}") if store else None
             _render(a, gen, settings, portrait, wave, rate, face_out, face_store, conditions(portrait), note,
                     f"{comment} face={i + 1}", label=f"face {i + 1} of {len(boxes)} at {box}: ", keep_store=True)
-            stores.append(face_store)
+            if face_store:
+                stores.append(face_store)
             layers.append((face_out, box))
         t0 = time.perf_counter()
         n = compose_video(layers, photo, out, feather=a.feather, audio=(mix, rate), metadata={"comment": comment})
@@ -296,13 +295,8 @@ def _conversation(a, gen, settings, image, boxes, tracks, out: Path, store, cond
     finally:
         for face_out, _ in layers:
             face_out.unlink(missing_ok=True)
-    if store and not a.keep_resume_dir:
-        freed = sum(s.remove() for s in stores if s is not None)
-        store.remove()
-        print(f"letstalk: the video is complete; removed the resume clips from {store.folder} "
-              f"({freed / 2**20:.1f} MB freed)", file=sys.stderr)
-    elif store:
-        store.close()
+    if store:
+        _finish_store(store, a.keep_resume_dir, stores)
     print(out.resolve())
     return 0
 
@@ -314,7 +308,7 @@ def _render(a, gen, settings, image, waveform, rate, out: Path, store, condition
     import torch
     from tqdm import tqdm
 
-    from .io.space import abandon_video, estimate_video_bytes, require_space, write_failed
+    from .io.space import abandon_video, estimate_video_bytes, require_space, same_disk, write_failed
     from .loop import open_video, resume_bytes_per_clip
 
     t0 = time.perf_counter()
@@ -331,17 +325,16 @@ def _render(a, gen, settings, image, waveform, rate, out: Path, store, condition
                                       audio_channels=channels, crf=a.crf)
     per_clip = resume_bytes_per_clip(gen, prepared, settings) if store else 0
     need_store = per_clip * (n_clips - done)
-    same_disk = store is not None and _same_disk(out.parent, store.folder)
-    require_space(out.parent, need_video + (need_store if same_disk else 0),
-                  "video" + (" and its resume clips" if same_disk else ""),
+    one_disk = store is not None and same_disk(out.parent, store.folder)
+    require_space(out.parent, need_video + (need_store if one_disk else 0),
+                  "video" + (" and its resume clips" if one_disk else ""),
                   "Free some space or choose another --out" + (" / --resume-dir." if store else "."))
-    if store and not same_disk:
+    if store and not one_disk:
         require_space(store.folder, need_store, "resume clips", "Free some space or choose another --resume-dir.")
     kept = (f"The {done} clips finished before are kept in '{store.folder}'; the run continues from there."
             if store else "Use --resume-dir to keep finished clips when a run stops.")
-    source = recipe_note
     print(f"letstalk: {label}{prepared.audio_seconds:.2f} s of audio -> {prepared.num_frames} frames at {gen.config.video.fps:g} fps, "
-          f"{n_clips} clips of {gen.config.video.clip_frames} sharing {settings.overlap}, {settings.steps} {settings.sampler} steps{source}, "
+          f"{n_clips} clips of {gen.config.video.clip_frames} sharing {settings.overlap}, {settings.steps} {settings.sampler} steps{recipe_note}, "
           f"device {gen.device}, {torch.get_num_threads()} threads"
           + (f"; resuming after clip {done}" if done else ""), file=sys.stderr)
     steps = settings.steps
@@ -356,22 +349,19 @@ def _render(a, gen, settings, image, waveform, rate, out: Path, store, condition
         bar.set_description(f"clip {info.clip + 1}/{info.clips} (memory {info.memory_frames} frames)")
         bar.update(1)
 
-    writer = None
-    progress = {"written": 0}
+    writer, written = None, 0
     try:
         with run_threads(state.threads if state else None):
             writer = open_video(out, gen.config.video.fps, waveform, rate, settings.overlap, crf=a.crf,
                                 metadata={"comment": comment})
-            progress["written"] = 0
             if store:
                 for frames in store.stored_clips(done):
-                    progress["written"] += _write(writer, frames, out)
+                    written += _write(writer, frames, out)
             clips = gen.iter_clips(prepared, settings, state=state, on_step=on_step,
                                    replay=store.replay(state) if store else None)
             for clip, latents, new_state in clips:
                 frames = torch.cat(list(gen.decode_clip(latents, clip, settings.decode_chunk)))
-                progress["written"] += _write(writer, frames, out, clip.start + clip.emitted,
-                                              prepared.num_frames, need_video)
+                written += _write(writer, frames, out, clip.start + clip.emitted, prepared.num_frames, need_video)
                 if store:
                     try:
                         store.save(clip.index, frames, new_state, latents)  # written in the background
@@ -390,14 +380,13 @@ def _render(a, gen, settings, image, waveform, rate, out: Path, store, condition
                 store.close()  # an interrupted run keeps every clip it finished
         except OSError as store_error:
             print(f"letstalk: warning: the last clip could not be kept: {store_error}", file=sys.stderr)
-        progress["size"] = _size(out)
+        size = _size(out)
         partial = abandon_video(writer, out, keep_partial=a.keep_partial) if writer is not None else None
         note = f" The part made so far is kept, playable, as '{partial}'." if partial else ""
         if isinstance(e, OSError) and not isinstance(e, KeyboardInterrupt):
             where = getattr(e, "path", None) or getattr(e, "filename", None) or out
-            frames_done, size = progress["written"], progress.get("size", 0)
-            rest = max(need_video - size, size / frames_done * (prepared.num_frames - frames_done) if frames_done else 0)
-            if store is not None and _same_disk(store.folder, out.parent):  # the clips still to keep go there too
+            rest = max(need_video - size, size / written * (prepared.num_frames - written) if written else 0)
+            if one_disk:  # the clips still to keep go there too
                 rest += per_clip * (n_clips - store_done(store, n_clips))
             raise write_failed(e, where, remaining=int(rest), kept=kept + note) from e
         if note:
@@ -409,30 +398,22 @@ def _render(a, gen, settings, image, waveform, rate, out: Path, store, condition
     dt = time.perf_counter() - t0
     print(f"letstalk: wrote {out} ({prepared.num_frames} frames, {prepared.audio_seconds:.2f} s with sound) "
           f"in {dt:.1f} s ({dt / prepared.num_frames:.3f} s/frame)", file=sys.stderr)
-    if store and keep_store:
-        store.close()  # a conversation keeps each face's clips until the composed video is written
-    elif store and not a.keep_resume_dir:
-        freed = store.remove()
-        print(f"letstalk: the video is complete; removed the resume clips from {store.folder} "
-              f"({freed / 2**20:.1f} MB freed)", file=sys.stderr)
-    elif store:
-        print(f"letstalk: the resume clips in {store.folder} are kept (--keep-resume-dir); they can be deleted",
-              file=sys.stderr)
+    if store and not keep_store:  # a conversation keeps each face's clips until the composed video is written
+        _finish_store(store, a.keep_resume_dir)
     return prepared.num_frames
 
 
-
-
-def _same_disk(a: Path, b: Path) -> bool:
-    import os
-
-    def device(p: Path) -> int:
-        p = p.expanduser().absolute()
-        while not p.exists():
-            p = p.parent
-        return os.stat(p).st_dev
-
-    return device(a) == device(b)
+def _finish_store(store, keep: bool, faces=()) -> None:
+    """The video is complete: remove the resume clips (and those of its faces' folders), or keep them
+    (``--keep-resume-dir``)."""
+    if keep:
+        store.close()
+        print(f"letstalk: the resume clips in {store.folder} are kept (--keep-resume-dir); they can be deleted",
+              file=sys.stderr)
+        return
+    freed = sum(face.remove() for face in faces) + store.remove()
+    print(f"letstalk: the video is complete; removed the resume clips from {store.folder} "
+          f"({freed / 2**20:.1f} MB freed)", file=sys.stderr)
 
 
 def store_done(store, total: int) -> int:

@@ -30,12 +30,24 @@ def format_bytes(n: float) -> str:
     return f"{n:.1f} TB"
 
 
-def free_bytes(path) -> int:
-    """Free bytes on the file system that holds ``path`` (or would: the nearest folder that exists)."""
+def _existing(path) -> Path:
+    """``path``, or the nearest folder above it that exists (where a file to be written would go)."""
     p = Path(path).expanduser().absolute()
     while not p.exists() and p != p.parent:
         p = p.parent
-    return int(shutil.disk_usage(p).free)
+    return p
+
+
+def free_bytes(path) -> int:
+    """Free bytes on the file system that holds ``path`` (or would: the nearest folder that exists)."""
+    return int(shutil.disk_usage(_existing(path)).free)
+
+
+def same_disk(a, b) -> bool:
+    """Whether ``a`` and ``b`` are (or would be) on one file system: their space comes from the same free bytes."""
+    import os
+
+    return os.stat(_existing(a)).st_dev == os.stat(_existing(b)).st_dev
 
 
 def estimate_video_bytes(frames: int, width: int, height: int, *, audio_seconds: float = 0.0, audio_channels: int = 1,
