@@ -21,9 +21,9 @@ def read_config(ckpt_path: str):
     return LetsTalkConfig.from_json(meta[CONFIG_KEY])
 
 
-def plan(audio_path, ckpt_path: str | None, overlap: int = 0, memo_fps: float | None = None) -> dict:
-    """The clip plan of a loop run: for a LetsTalk checkpoint, or (``memo_fps``) for MEMO at that fps. ``audio_path``
-    may be a list: the tracks of a Conversation Audio node, whose loops run for the longest of them."""
+def plan(audio_paths: list[str], ckpt_path: str | None, overlap: int = 0, memo_fps: float | None = None) -> dict:
+    """The clip plan of a loop run: for a LetsTalk checkpoint, or (``memo_fps``) for MEMO at that fps. Several
+    ``audio_paths`` are the tracks of a Conversation Audio node, whose loops run for the longest of them."""
     from ..letstalk_core.audio import frame_count, silence_warning
     from ..letstalk_core.io import read_audio
     from ..letstalk_core.loop import max_overlap, plan_clips
@@ -34,7 +34,7 @@ def plan(audio_path, ckpt_path: str | None, overlap: int = 0, memo_fps: float | 
         config = MemoConfig(video=MemoVideo(fps=float(memo_fps)))
     else:
         config = read_config(ckpt_path)
-    tracks = [read_audio(p) for p in ([audio_path] if isinstance(audio_path, str) else audio_path)]
+    tracks = [read_audio(p) for p in audio_paths]
     audio = max(tracks, key=lambda t: t.waveform.shape[-1] / t.rate)  # the others are padded to it
     wave, rate = audio.waveform, audio.rate
     warnings = [w for w in (audio.shortfall(), silence_warning(wave, "The audio")) if w]
@@ -122,11 +122,11 @@ def _add_route(server, web) -> None:
                 overlap = int(request.query.get("overlap", "0") or 0)
             except ValueError:
                 raise ValueError(f"overlap must be a whole number of frames, got {request.query.get('overlap')!r}") from None
-            for name in audios or [""]:
-                if not name or not folder_paths.exists_annotated_filepath(name):
-                    return web.json_response({"error": f"audio file '{name}' not found in the input folder"}, status=404)
-            paths = [folder_paths.get_annotated_filepath(name) for name in audios]
-            audio_path = paths[0] if len(paths) == 1 else paths
+            missing = [name for name in audios if not folder_paths.exists_annotated_filepath(name)]
+            if not audios or missing:
+                return web.json_response({"error": f"audio file '{(missing or [''])[0]}' not found in the input folder"},
+                                         status=404)
+            audio_paths = [folder_paths.get_annotated_filepath(name) for name in audios]
             memo_fps = request.query.get("memo_fps", "")
             if memo_fps:
                 try:
@@ -135,13 +135,13 @@ def _add_route(server, web) -> None:
                     raise ValueError(f"memo_fps must be a number, got {memo_fps!r}") from None
                 if not fps > 0:
                     raise ValueError(f"memo_fps must be > 0, got {fps}")
-                result = await asyncio.get_running_loop().run_in_executor(None, plan, audio_path, None, overlap, fps)
+                result = await asyncio.get_running_loop().run_in_executor(None, plan, audio_paths, None, overlap, fps)
                 if request.query.get("memo_folder"):
                     result["memory_plan"] = await asyncio.get_running_loop().run_in_executor(
                         None, memo_memory_text, dict(request.query))
                 return web.json_response(result)
             ckpt_path = host.model_path(host.MODEL_FOLDER, ckpt, "LetsTalk checkpoint")
-            result = await asyncio.get_running_loop().run_in_executor(None, plan, audio_path, ckpt_path, overlap)
+            result = await asyncio.get_running_loop().run_in_executor(None, plan, audio_paths, ckpt_path, overlap)
             return web.json_response(result)
         except (ValueError, FileNotFoundError) as e:
             return web.json_response({"error": str(e)}, status=400)

@@ -202,7 +202,7 @@ class VideoWriter:
         self.size: tuple[int, int] | None = None  # (height, width), fixed by the first write
         # FFmpeg writes through this Python file, so a failed write (a full disk) raises at the next mux, within
         # one 32 KB buffer. Opened by path, FFmpeg's own file protocol reported ENOSPC 134 frames late in a test
-        # on a 200 KB tmpfs, and a run in ComfyUI went on to its end before the failure showed.
+        # on a 200 KB tmpfs, and a loop in ComfyUI made 54 more clips after its temp disk filled.
         self._file = open(self.path, "wb")  # noqa: SIM115 - closed in close(), after the container
         try:
             self._container = av.open(self._file, "w", format="mp4", options={"movflags": "use_metadata_tags"})
