@@ -44,6 +44,14 @@ def outputs_of(entry: dict, kind: str) -> list[dict]:
     return [f for out in entry["outputs"].values() for f in out.get(kind, [])]
 
 
+def saved_video(comfy, entry: dict) -> Path:
+    """The one video a successful prompt saved (Save Video reports its file under "images")."""
+    assert entry["status"]["status_str"] == "success", str(entry["status"])[:3000]
+    v = outputs_of(entry, "images")
+    assert len(v) == 1, entry["outputs"]
+    return comfy.dirs["output"] / v[0]["subfolder"] / v[0]["filename"]
+
+
 def audio_samples(path: Path) -> tuple[int, int]:
     import av
 

@@ -16,20 +16,13 @@ from letstalk_core.eval.metrics import lip_sync
 from letstalk_core.io import load_audio, probe_video, save_wav
 from tests.core.test_conversation_demo import FPS, RATE, _mouths, _photo, _sheet, _track
 from tests.host.conftest import start_comfy, stop_comfy
-from tests.host.test_host import load_api, outputs_of
+from tests.host.test_host import load_api, saved_video
 
 BOXES = "57,39,185,167; 263,39,391,167"  # the shipped photo's (scripts/make_workflow_assets.py)
 
 
 def _nodes(api, cls):
     return [v for _, v in sorted(api.items(), key=lambda kv: int(kv[0])) if v["class_type"] == cls]
-
-
-def _video(comfy, entry):
-    assert entry["status"]["status_str"] == "success", str(entry["status"])[:3000]
-    v = outputs_of(entry, "images")
-    assert len(v) == 1, entry["outputs"]
-    return comfy.dirs["output"] / v[0]["subfolder"] / v[0]["filename"]
 
 
 def _graph(object_info, comfy, tmp_path, photo, boxes, waves, name):
@@ -52,7 +45,7 @@ def test_the_shipped_conversation_workflow(comfy, object_info):
     plan = comfy.get("/letstalk/plan?audio=letstalk_conversation_a.flac&audio=letstalk_conversation_b.flac")
     assert plan["frames"] == 275 and abs(plan["seconds"] - 11.0) < 1e-3, plan  # the longest track (b)
     assert comfy.get("/letstalk/plan?audio=letstalk_conversation_a.flac")["frames"] == 150
-    path = _video(comfy, comfy.wait(comfy.queue(api), timeout=900))
+    path = saved_video(comfy, comfy.wait(comfy.queue(api), timeout=900))
     info = probe_video(path)
     assert (info.frame_count, info.width, info.height, info.has_audio) == (275, 448, 224, True)  # 11 s at 25 fps
     frames, (a, b) = _mouths(path, [tuple(map(int, s.split(","))) for s in BOXES.split(";")])
@@ -63,10 +56,10 @@ def test_the_shipped_conversation_workflow(comfy, object_info):
 def test_two_held_out_people_through_prompt(comfy, object_info, tmp_path, capsys):
     photo, boxes = _photo(2, 448)
     (a, truth_a), (b, truth_b) = _track(0, 0, 10, 20), _track(1, 8, 20, 20)
-    path = _video(comfy, comfy.wait(comfy.queue(_graph(object_info, comfy, tmp_path, photo, boxes, [a, b], "held")),
+    path = saved_video(comfy, comfy.wait(comfy.queue(_graph(object_info, comfy, tmp_path, photo, boxes, [a, b], "held")),
                                     timeout=900))
     silent = [np.zeros(10 * RATE, np.float32)] * 2
-    quiet = _video(comfy, comfy.wait(comfy.queue(_graph(object_info, comfy, tmp_path, photo, boxes, silent, "quiet")),
+    quiet = saved_video(comfy, comfy.wait(comfy.queue(_graph(object_info, comfy, tmp_path, photo, boxes, silent, "quiet")),
                                      timeout=900))
     frames, (mouth_a, mouth_b) = _mouths(path, boxes)
     _, still = _mouths(quiet, boxes)
@@ -116,13 +109,13 @@ def test_two_faces_in_flat_memory_from_10_to_60_seconds(object_info, tmp_path):
         # a short run first: the server's first prompt makes its one-time allocations (model load, kernels), which
         # would otherwise count against the 10 s run only (measured: 888 MiB cold against 906-941 MiB warm)
         warm = _graph(object_info, comfy, tmp_path, photo, boxes, [_track(0, 0, 2, 2)[0], _track(1, 1, 2, 2)[0]], "warm")
-        _video(comfy, comfy.wait(comfy.queue(warm), timeout=600))
+        saved_video(comfy, comfy.wait(comfy.queue(warm), timeout=600))
         for seconds in (10, 60):
             half = seconds / 2
             waves = [_track(0, 0, half + 1, seconds)[0], _track(1, half - 1, seconds, seconds)[0]]
             api = _graph(object_info, comfy, tmp_path, photo, boxes, waves, f"flat_{seconds}")
             entry, peak = comfy.rss_peak(lambda: comfy.wait(comfy.queue(api), timeout=1800))
-            assert probe_video(_video(comfy, entry), decode=False).frame_count == math.ceil(seconds * FPS)
+            assert probe_video(saved_video(comfy, entry), decode=False).frame_count == math.ceil(seconds * FPS)
             peaks[seconds] = peak
             print(f"two faces, {seconds} s: peak RSS {peak / 2**20:.0f} MiB")
         print(f"peak RSS 60 s / 10 s = {peaks[60] / peaks[10]:.3f}")
@@ -146,6 +139,6 @@ def test_the_memo_conversation_workflow_runs(comfy, object_info, tmp_path):
         node["inputs"]["size"] = SIZE
     for node in _nodes(api, "LetsTalkMemoryBankLoop"):
         node["inputs"]["steps"] = 1
-    path = _video(comfy, comfy.wait(comfy.queue(api), timeout=1200))
+    path = saved_video(comfy, comfy.wait(comfy.queue(api), timeout=1200))
     info = probe_video(path)
     assert (info.frame_count, info.width, info.height, info.has_audio) == (110, 448, 224, True)  # 11 s at 10 fps

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import json
 import math
 import shutil
 
@@ -19,7 +18,7 @@ import pytest
 
 from tests.core.memo_tiny import PORTRAIT, SIZE, make_tiny_memo
 from tests.host.conftest import start_comfy, stop_comfy
-from tests.host.test_host import _run_and_cancel, audio_samples, load_api, node_of, outputs_of, probe_mp4
+from tests.host.test_host import _run_and_cancel, audio_samples, load_api, node_of, probe_mp4, saved_video
 from tests.host.test_streaming import _speech_wav
 
 pytest.importorskip("onnxruntime", reason="MEMO's face analysis needs onnxruntime")
@@ -53,13 +52,6 @@ def memo_graph(object_info, *, audio: str = "letstalk_demo_speech.flac", fps: fl
     return api
 
 
-def _video(comfy, entry):
-    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
-    v = outputs_of(entry, "images")
-    assert len(v) == 1, entry["outputs"]
-    return comfy.dirs["output"] / v[0]["subfolder"] / v[0]["filename"]
-
-
 def test_memo_workflow_runs_as_shipped(comfy, object_info, tmp_path):
     install_tiny_memo(comfy, tmp_path)
     fresh = comfy.get("/object_info/LetsTalkMemoLoader")["LetsTalkMemoLoader"]["input"]["required"]
@@ -67,7 +59,7 @@ def test_memo_workflow_runs_as_shipped(comfy, object_info, tmp_path):
     from PIL import Image
 
     entry = comfy.wait(comfy.queue(memo_graph(object_info)), timeout=1200)
-    path = _video(comfy, entry)
+    path = saved_video(comfy, entry)
     samples, rate = audio_samples(comfy.dirs["input"] / "letstalk_demo_speech.flac")
     frames, w, h, has_audio = probe_mp4(path)
     photo_w, photo_h = Image.open(PORTRAIT).size
@@ -80,7 +72,7 @@ def test_memo_cancel_within_one_step_and_resume_equals_an_uninterrupted_run(comf
     install_tiny_memo(comfy, tmp_path)
     _speech_wav(tmp_path / "speech_4.wav", 4)
     audio = comfy.upload(tmp_path / "speech_4.wav", "letstalk_memo_speech_4s.wav")  # 120 frames: 8 clips
-    full = _video(comfy, comfy.wait(comfy.queue(memo_graph(object_info, audio=audio, steps=3,
+    full = saved_video(comfy, comfy.wait(comfy.queue(memo_graph(object_info, audio=audio, steps=3,
                                                            prefix="letstalk/memo_full")), timeout=1200))
     api = memo_graph(object_info, audio=audio, steps=3, resume="letstalk/memo_resume", prefix="letstalk/memo_resumed")
     res = asyncio.run(_run_and_cancel(comfy, copy.deepcopy(api), cancel_after=3 * 4 + 2))  # inside clip 5
@@ -89,7 +81,7 @@ def test_memo_cancel_within_one_step_and_resume_equals_an_uninterrupted_run(comf
     assert res["steps_after"] <= 1 and res["stop_s"] <= res["step_s"] + 1.0, res
     stored = sorted((comfy.dirs["output"] / "letstalk" / "memo_resume").glob("clip_*.npy"))
     assert len(stored) == 4, stored
-    resumed = _video(comfy, comfy.wait(comfy.queue(api), timeout=1200))
+    resumed = saved_video(comfy, comfy.wait(comfy.queue(api), timeout=1200))
     import torch
 
     from letstalk_core.io.video import read_video_frames
@@ -109,7 +101,7 @@ def test_memo_90_seconds_in_flat_memory(object_info, tmp_path):
             name = comfy.upload(tmp_path / f"speech_{seconds}.wav", f"letstalk_memo_speech_{seconds}s.wav")
             api = memo_graph(object_info, audio=name, fps=FPS, prefix=f"letstalk/memo_{seconds}s")
             entry, peak = comfy.rss_peak(lambda: comfy.wait(comfy.queue(api), timeout=1800))
-            frames, w, h, has_audio = probe_mp4(_video(comfy, entry))
+            frames, w, h, has_audio = probe_mp4(saved_video(comfy, entry))
             assert frames == math.ceil(samples * FPS / 16000) and has_audio
             peaks[seconds] = peak
             print(f"MEMO {seconds} s at {FPS} fps: {frames} frames, peak RSS {peak / 2**20:.0f} MiB")

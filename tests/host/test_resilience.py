@@ -19,28 +19,28 @@ import torch
 
 from letstalk_core.io.video import read_video_frames
 from tests.host.conftest import start_comfy, stop_comfy
-from tests.host.test_host import load_api, node_of, outputs_of
+from tests.host.test_host import load_api, node_of, saved_video
 
 
-def _video(comfy, entry):
-    assert entry["status"]["status_str"] == "success", str(entry["status"])[:3000]
-    v = outputs_of(entry, "images")
-    assert len(v) == 1, entry["outputs"]
-    return comfy.dirs["output"] / v[0]["subfolder"] / v[0]["filename"]
+def _uninterrupted_and_resumable(object_info, seed: int, name: str) -> tuple[dict, dict]:
+    """The shipped long-video graph (4 steps a clip) twice: without a resume folder, and with
+    ``letstalk/<name>_run`` as its resume folder; their videos are saved under different names."""
+    api = load_api("letstalk_long_video", object_info)
+    node_of(api, "LetsTalkMemoryBankLoop")["inputs"].update(steps=4, seed=seed, resume_folder="")
+    node_of(api, "SaveVideo")["inputs"]["filename_prefix"] = f"letstalk/{name}_uninterrupted"
+    resumable = copy.deepcopy(api)
+    node_of(resumable, "LetsTalkMemoryBankLoop")["inputs"]["resume_folder"] = f"letstalk/{name}_run"
+    node_of(resumable, "SaveVideo")["inputs"]["filename_prefix"] = f"letstalk/{name}_resumed"
+    return api, resumable
 
 
 def test_a_killed_server_resumes_after_the_last_finished_clip(object_info, tmp_path):
     work = tmp_path / "host"
-    api = load_api("letstalk_long_video", object_info)
-    node_of(api, "LetsTalkMemoryBankLoop")["inputs"].update(steps=4, seed=99, resume_folder="")
-    node_of(api, "SaveVideo")["inputs"]["filename_prefix"] = "letstalk/uninterrupted"
-    killed = copy.deepcopy(api)
-    node_of(killed, "LetsTalkMemoryBankLoop")["inputs"]["resume_folder"] = "letstalk/killed_run"
-    node_of(killed, "SaveVideo")["inputs"]["filename_prefix"] = "letstalk/resumed"
+    api, killed = _uninterrupted_and_resumable(object_info, 99, "killed")
     comfy = start_comfy(work, ["letstalk"])
-    folder = comfy.dirs["output"] / "letstalk" / "killed_run"
+    folder = comfy.dirs["output"] / "letstalk" / "killed_run"  # the resume folder
     try:
-        reference = _video(comfy, comfy.wait(comfy.queue(api), timeout=900))
+        reference = saved_video(comfy, comfy.wait(comfy.queue(api), timeout=900))
         comfy.queue(killed)
         t0 = time.time()
         while len(list(folder.glob("clip_*.npy"))) < 4:
@@ -57,7 +57,7 @@ def test_a_killed_server_resumes_after_the_last_finished_clip(object_info, tmp_p
     second = start_comfy(work, ["letstalk"], reuse=True)
     try:
         t1 = time.time()
-        resumed = _video(second, second.wait(second.queue(killed), timeout=900))
+        resumed = saved_video(second, second.wait(second.queue(killed), timeout=900))
         took = time.time() - t1
         log = second.log.read_text()
     finally:
@@ -90,18 +90,13 @@ def test_a_full_temp_disk_stops_the_loop_within_a_clip_and_a_rerun_continues(obj
     disk.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(disk)], capture_output=True).returncode:
         pytest.skip("mounting a small tmpfs for ComfyUI's temp folder needs root on Linux")
-    api = load_api("letstalk_long_video", object_info)
-    node_of(api, "LetsTalkMemoryBankLoop")["inputs"].update(steps=4, seed=5, resume_folder="")
-    node_of(api, "SaveVideo")["inputs"]["filename_prefix"] = "letstalk/full_disk_reference"
-    resumable = copy.deepcopy(api)
-    node_of(resumable, "LetsTalkMemoryBankLoop")["inputs"]["resume_folder"] = "letstalk/full_disk_run"
-    node_of(resumable, "SaveVideo")["inputs"]["filename_prefix"] = "letstalk/full_disk_resumed"
+    api, resumable = _uninterrupted_and_resumable(object_info, 5, "full_disk")
     comfy = start_comfy(tmp_path / "host", ["letstalk"], ["--temp-directory", str(disk)])
     temp = disk / "temp"
     folder = comfy.dirs["output"] / "letstalk" / "full_disk_run"
     filler = disk / "filler.bin"
     try:
-        reference = _video(comfy, comfy.wait(comfy.queue(api), timeout=900))
+        reference = saved_video(comfy, comfy.wait(comfy.queue(api), timeout=900))
         # too small before any work: the disk filled but for 64 KB
         with open(filler, "wb") as fh:
             fh.write(b"\0" * (shutil.disk_usage(disk).free - 64 * 1024))
@@ -136,7 +131,7 @@ def test_a_full_temp_disk_stops_the_loop_within_a_clip_and_a_rerun_continues(obj
         assert unfinished.parent.parent == temp and not unfinished.exists()  # the unfinished video removed
         assert comfy.alive()
         filler.unlink()
-        resumed = _video(comfy, comfy.wait(comfy.queue(resumable), timeout=900))
+        resumed = saved_video(comfy, comfy.wait(comfy.queue(resumable), timeout=900))
     finally:
         stop_comfy(comfy)
         subprocess.run(["umount", str(disk)], check=False)
@@ -183,7 +178,7 @@ def test_a_day_of_prompts_in_one_server(object_info, tmp_path):
                 assert res["event"] == "execution_interrupted", res
                 outcome = "cancelled"
             else:
-                path = _video(comfy, comfy.wait(comfy.queue(api), timeout=900))
+                path = saved_video(comfy, comfy.wait(comfy.queue(api), timeout=900))
                 frames, w, h, has_audio = probe_mp4(path)
                 assert frames == (90 if memo else 75) and has_audio, (run, frames)  # 3 s at 30 / 25 fps
                 outcome = f"{frames} frames"
