@@ -40,11 +40,11 @@ class LetsTalkConversationAudio(io.ComfyNode):
 
         given = [(i, a) for i, a in enumerate((audio_1, audio_2, audio_3, audio_4)) if a is not None]
         waves, rate = align_tracks([common.audio_waveform(a, f"audio_{i + 1}") for i, a in given])
-        tracks = [torch.zeros_like(waves[0])] * TRACKS
+        tracks = [torch.zeros(1, 1).expand_as(waves[0])] * TRACKS  # silence for unconnected inputs: no memory
         for (i, _), wave in zip(given, waves):
             tracks[i] = wave
         mix = mix_tracks(waves)
-        as_audio = lambda w: {"waveform": w[None].contiguous(), "sample_rate": rate}  # noqa: E731
+        as_audio = lambda w: {"waveform": w[None], "sample_rate": rate}  # noqa: E731
         seconds = waves[0].shape[-1] / rate
         return io.NodeOutput(*(as_audio(t) for t in tracks), as_audio(mix), seconds,
                              ui=common.done_ui(f"{len(given)} tracks of {seconds:.2f} s"))

@@ -74,9 +74,8 @@ class LetsTalkFaceCrop(io.ComfyNode):
         if index >= len(found):
             raise ValueError(f"face_index is {index} but the photo has {len(found)} face box"
                              f"{'es' if len(found) != 1 else ''} ({boxes_text(found)}); 0 is the leftmost.")
-        crops = torch.cat([crop_face(image, b, size) for b in found])
-        return io.NodeOutput(common.core_to_image(crops[index:index + 1]), found[index], common.core_to_image(crops),
-                             boxes_text(found))
+        faces = common.core_to_image(torch.cat([crop_face(image, b, size) for b in found]))
+        return io.NodeOutput(faces[index:index + 1], found[index], faces, boxes_text(found))
 
 
 def _detector(detector: str):

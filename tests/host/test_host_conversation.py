@@ -105,18 +105,17 @@ def test_two_faces_in_flat_memory_from_10_to_60_seconds(object_info, tmp_path):
     comfy = start_comfy(tmp_path / "host", ["letstalk"])
     try:
         photo, boxes = _photo(2, 448)
-        peaks = {}
-        # a short run first: the server's first prompt makes its one-time allocations (model load, kernels), which
-        # would otherwise count against the 10 s run only (measured: 888 MiB cold against 906-941 MiB warm)
-        warm = _graph(object_info, comfy, tmp_path, photo, boxes, [_track(0, 0, 2, 2)[0], _track(1, 1, 2, 2)[0]], "warm")
-        saved_video(comfy, comfy.wait(comfy.queue(warm), timeout=600))
-        for seconds in (10, 60):
+        peaks = {10: 0, 60: 0}
+        # Each length twice, alternating, and its highest peak: the server's peak RSS (sampled every 50 ms) moved by
+        # up to ±60 MiB between runs of the same length (888-941 MiB for 10 s; 820 once after a warm-up), which is
+        # the size of the 10 % bound itself; the highest of two is what a run of that length can reach.
+        for k, seconds in enumerate((10, 60, 10, 60)):
             half = seconds / 2
             waves = [_track(0, 0, half + 1, seconds)[0], _track(1, half - 1, seconds, seconds)[0]]
-            api = _graph(object_info, comfy, tmp_path, photo, boxes, waves, f"flat_{seconds}")
+            api = _graph(object_info, comfy, tmp_path, photo, boxes, waves, f"flat_{seconds}_{k}")
             entry, peak = comfy.rss_peak(lambda: comfy.wait(comfy.queue(api), timeout=1800))
             assert probe_video(saved_video(comfy, entry), decode=False).frame_count == math.ceil(seconds * FPS)
-            peaks[seconds] = peak
+            peaks[seconds] = max(peaks[seconds], peak)
             print(f"two faces, {seconds} s: peak RSS {peak / 2**20:.0f} MiB")
         print(f"peak RSS 60 s / 10 s = {peaks[60] / peaks[10]:.3f}")
         assert peaks[60] <= 1.10 * peaks[10], peaks
