@@ -237,13 +237,9 @@ def _faces_for(a, image, checkpoint):
 def _detector(spec: str, checkpoint: Path):
     """``--face haar`` (OpenCV's) or ``--face scrfd`` (the MEMO folder's)."""
     if spec == "haar":
-        from .face import HaarDetector
+        from .face import haar_detector
 
-        try:
-            return HaarDetector()
-        except ImportError as e:
-            raise ValueError("finding faces with --face haar needs OpenCV (pip install opencv-python-headless); "
-                             "or give the boxes: --face \"x0,y0,x1,y1; x0,y0,x1,y1\" (photo pixels).") from e
+        return haar_detector("or give the boxes: --face \"x0,y0,x1,y1; x0,y0,x1,y1\" (photo pixels).")
     from .face import ScrfdDetector
 
     if not checkpoint.is_dir():

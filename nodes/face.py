@@ -81,13 +81,9 @@ class LetsTalkFaceCrop(io.ComfyNode):
 def _detector(detector: str):
     """The face detector named in the Face Crop node: OpenCV's Haar cascade, or MEMO's SCRFD."""
     if detector == "haar":
-        from ..letstalk_core.face import HaarDetector
+        from ..letstalk_core.face import haar_detector
 
-        try:
-            return HaarDetector()
-        except ImportError as e:
-            raise ValueError("the haar detector needs OpenCV: pip install opencv-python-headless into ComfyUI's "
-                             "Python, or use detector 'manual'.") from e
+        return haar_detector("install it into ComfyUI's Python, or use detector 'manual' with the boxes by hand.")
     return _scrfd()
 
 

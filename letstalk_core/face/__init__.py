@@ -22,10 +22,11 @@ from .crop import (
     OnnxDetector,
     crop_and_resize,
     crop_box_for_video,
+    haar_detector,
     make_detector,
     sample_indices,
 )
 
 __all__ = ["DETECTOR_SPECS", "SCRFD_FILE", "ArcFaceRecognizer", "Box", "Face", "FaceAnalyzer", "FaceDetector",
            "HaarDetector", "NoDetector", "OnnxDetector", "ScrfdDetector", "crop_and_resize", "crop_box_for_video",
-           "face_embedding", "find_face_models", "make_detector", "sample_indices"]
+           "face_embedding", "find_face_models", "haar_detector", "make_detector", "sample_indices"]

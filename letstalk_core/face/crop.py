@@ -32,6 +32,7 @@ __all__ = [
     "Box",
     "FaceDetector",
     "HaarDetector",
+    "haar_detector",
     "NoDetector",
     "OnnxDetector",
     "crop_and_resize",
@@ -99,6 +100,15 @@ class HaarDetector:
         found = self._cascade.detectMultiScale(gray, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors,
                                                minSize=(self.min_size, self.min_size))
         return [(float(x), float(y), float(x + w), float(y + h), 1.0) for (x, y, w, h) in found]
+
+
+def haar_detector(hint: str) -> HaarDetector:
+    """OpenCV's detector, or a ``ValueError`` that says how to install OpenCV and, in ``hint``, what else to do."""
+    try:
+        return HaarDetector()
+    except ImportError as e:
+        raise ValueError(f"finding faces with OpenCV's Haar cascade needs OpenCV (pip install opencv-python-headless); "
+                         f"{hint}") from e
 
 
 class OnnxDetector:

@@ -224,7 +224,7 @@ class _FakeHaar:
 
 
 def test_faces_found_by_a_detector_are_taken_left_to_right(tmp_path, monkeypatch, capsys):
-    import letstalk_core.face as face
+    import letstalk_core.face.crop as face  # where haar_detector builds it
 
     photo, boxes = _photo(2, 448)
     monkeypatch.setattr(face, "HaarDetector", type("Haar", (_FakeHaar,), {"boxes": boxes}))
